@@ -1,0 +1,33 @@
+# Two commands: `make run` and `make test`. Both create .venv when missing.
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+TORCH   := torch==2.13.0
+
+.PHONY: run test bench lint setup clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q $(TORCH)
+	$(BIN)/pip install -q -e '.[test]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/lossearch search --space search_spaces/quick.yaml --max-concurrent 2
+
+test: $(STAMP)
+	$(BIN)/ruff check lossearch analysis tests benchmarks
+	$(BIN)/python -m pytest -q tests
+
+bench: $(STAMP)
+	@for f in benchmarks/*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done
+
+lint: $(STAMP)
+	$(BIN)/ruff check lossearch analysis tests benchmarks
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,207 @@
+"""The training configuration: one pydantic schema, loaded from YAML plus ``key=value`` overrides.
+
+A run is fully described by :class:`TrainConfig`. Every field has a default, so a YAML that
+names only ``task.name``, ``model.name_or_path``, ``loss`` and ``seed`` is complete; for
+``arith`` + ``tiny`` the defaults are the calibrated CPU run.
+
+Overrides use dotted paths into the YAML tree (``optim.lr=3e-4``, ``loss.focal.gamma=1``);
+values are parsed as YAML scalars. Unknown keys and out-of-range values raise
+:class:`~lossearch.errors.LossearchError` with the key's dotted path in the message.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from lossearch.errors import LossearchError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class TaskConfig(_Section):
+    """Which data set, where it comes from, and how it is cut to length."""
+
+    name: str = "arith"
+    data_dir: str | None = None
+    train_file: str | None = None
+    eval_file: str | None = None
+    train_size: int | None = Field(default=None, ge=1)
+    eval_size: int = Field(default=200, ge=1)
+    max_length: int = Field(default=128, ge=8)
+    target_format: Literal["formulas", "full"] = "formulas"
+    # arith: synthetic problems
+    arith_steps: int = Field(default=1, ge=1, le=8)
+    arith_max_operand: int = Field(default=12, ge=2)
+    arith_train_size: int = Field(default=20000, ge=1)
+    # jsonl: field names and optional numeric answer pattern
+    prompt_field: str = "prompt"
+    target_field: str = "target"
+    answer_pattern: str | None = None
+
+
+class LoraConfig(_Section):
+    r: int = Field(default=8, ge=1)
+    alpha: float = Field(default=16, gt=0)
+    dropout: float = Field(default=0.05, ge=0, lt=1)
+    target_modules: Literal["auto"] | list[str] = "auto"
+
+
+class ModelConfig(_Section):
+    """``tiny`` builds the built-in Llama-style model; anything else is a local path or hub id."""
+
+    name_or_path: str = "tiny"
+    dtype: Literal["float32", "bfloat16", "float16", "auto"] = "float32"
+    lora: LoraConfig | None = None
+    gradient_checkpointing: bool = False
+
+
+class OptimConfig(_Section):
+    lr: float = Field(default=3e-3, gt=0)
+    epochs: int = Field(default=3, ge=1)
+    max_steps: int | None = Field(default=None, ge=1)
+    batch_size: int = Field(default=32, ge=1)
+    grad_accum: int = Field(default=1, ge=1)
+    warmup_steps: int = Field(default=30, ge=0)
+    weight_decay: float = Field(default=0.0, ge=0)
+    scheduler: Literal["cosine", "linear", "constant"] = "cosine"
+    max_grad_norm: float | None = Field(default=1.0, gt=0)
+
+
+class EvalConfig(_Section):
+    batch_size: int = Field(default=64, ge=1)
+    max_new_tokens: int = Field(default=24, ge=1)
+    every_epochs: int = Field(default=1, ge=1)
+
+
+class ScalingConfig(_Section):
+    num_workers: int = Field(default=1, ge=1)
+    use_gpu: bool = False
+    cpus_per_worker: float = Field(default=1.0, gt=0)
+    gpus_per_worker: float = Field(default=1.0, ge=0)
+
+
+class TrainConfig(_Section):
+    """The whole run. ``loss`` is the composite spec, see :func:`lossearch.losses.build_loss`."""
+
+    task: TaskConfig = Field(default_factory=TaskConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    loss: dict[str, Any] = Field(default_factory=lambda: {"ce": 1.0})
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    scaling: ScalingConfig = Field(default_factory=ScalingConfig)
+    seed: int = 0
+    name: str = "run"
+
+    @field_validator("loss")
+    @classmethod
+    def _check_loss(cls, spec: dict[str, Any]) -> dict[str, Any]:
+        from lossearch.losses import normalize_spec
+
+        return normalize_spec(spec)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain, YAML-safe dict of every field (the resolved config)."""
+        return self.model_dump(mode="json")
+
+
+def _format_error(err: ValidationError) -> str:
+    first = err.errors()[0]
+    path = ".".join(str(p) for p in first["loc"])
+    msg = first["msg"]
+    if first["type"] == "extra_forbidden":
+        msg = "unknown key"
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, ") :]
+    return f"config key '{path}': {msg}" if path else f"config: {msg}"
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Split ``a.b.c=value`` into its path and a YAML-parsed value."""
+    if "=" not in text:
+        raise LossearchError(f"override '{text}' is not of the form key=value")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise LossearchError(f"override '{text}' has an empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    return key.split("."), value
+
+
+def set_path(tree: dict[str, Any], path: list[str], value: Any) -> None:
+    """Set ``tree[p0][p1]...= value``, creating dicts; a scalar loss weight becomes a dict."""
+    node = tree
+    for part in path[:-1]:
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        elif not isinstance(child, dict):
+            if path[0] == "loss" and isinstance(child, (int, float)):
+                child = node[part] = {"weight": child}
+            else:
+                raise LossearchError(f"override '{'.'.join(path)}': '{part}' is not a section")
+        node = child
+    node[path[-1]] = value
+
+
+def apply_overrides(tree: dict[str, Any], overrides: list[str] | dict[str, Any]) -> dict[str, Any]:
+    """Return a copy of ``tree`` with overrides (``["a.b=1"]`` or ``{"a.b": 1}``) applied."""
+    out = copy.deepcopy(tree)
+    items = (
+        [parse_override(o) for o in overrides]
+        if isinstance(overrides, list)
+        else [(k.split("."), v) for k, v in overrides.items()]
+    )
+    for path, value in items:
+        set_path(out, path, value)
+    return out
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping; missing file or malformed YAML is a one-line LossearchError."""
+    p = Path(path)
+    if not p.is_file():
+        raise LossearchError(f"file not found: {p}")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark is not None else ""
+        raise LossearchError(f"malformed YAML in {p}{where}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise LossearchError(f"{p}: expected a mapping at the top level")
+    return data
+
+
+def validate(tree: dict[str, Any]) -> TrainConfig:
+    """Validate a raw config tree; errors name the offending key."""
+    try:
+        return TrainConfig.model_validate(tree)
+    except ValidationError as err:
+        raise LossearchError(_format_error(err)) from None
+
+
+def load_config(
+    path: str | Path | None = None, overrides: list[str] | dict[str, Any] | None = None
+) -> TrainConfig:
+    """Load YAML (or defaults when ``path`` is None), apply overrides, validate."""
+    tree = read_yaml(path) if path is not None else {}
+    if overrides:
+        tree = apply_overrides(tree, overrides)
+    return validate(tree)
+
+
+def dump_config(cfg: TrainConfig, path: str | Path) -> None:
+    """Write the resolved config as YAML."""
+    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
