@@ -39,8 +39,83 @@ def _root(
 
 # --- subcommands (each one imports its module lazily so `--help` stays fast) ---
 # @@score@@
-# @@train@@
-# @@search@@
+@app.command()
+def train(
+    config: str = typer.Option(None, "--config", "-c", help="Training config YAML."),
+    out: str = typer.Option(None, "--out", help="Run directory (default runs/<name>-<time>)."),
+    address: str = typer.Option(None, "--address", help="Ray cluster address (HOST:PORT)."),
+    overrides: list[str] = typer.Argument(None, help="key=value overrides, e.g. optim.lr=3e-4."),
+) -> None:
+    """Fine-tune once with a config (for example one written by `lossearch export`)."""
+    from lossearch.config import load_config
+    from lossearch.train import summary_line
+    from lossearch.train import train as run_train
+
+    cfg = load_config(config, overrides or [])
+    metrics = run_train(cfg, out_dir=out, address=address)
+    typer.echo(f"done: {summary_line(metrics)}")
+@app.command()
+def search(
+    space: str = typer.Option(..., "--space", "-s", help="Search-space YAML."),
+    num_samples: int = typer.Option(None, "--num-samples", "-n", help="Number of trials."),
+    max_concurrent: int = typer.Option(2, "--max-concurrent", help="Trials run at once."),
+    seeds: int = typer.Option(1, "--seeds", help="Seeds trained per trial (metric = mean)."),
+    scheduler: str = typer.Option("asha", "--scheduler", help="asha (early stopping) or fifo."),
+    metric: str = typer.Option(None, "--metric", help="Metric to optimise (exact_match)."),
+    mode: str = typer.Option(None, "--mode", help="max or min."),
+    address: str = typer.Option(None, "--address", help="Ray cluster address (HOST:PORT)."),
+    storage: str = typer.Option(None, "--storage", help="Directory or URI (s3://...)."),
+    name: str = typer.Option(None, "--name", help="Experiment name."),
+    max_failures: int = typer.Option(0, "--max-failures", help="Worker-failure retries."),
+    overrides: list[str] = typer.Argument(None, help="key=value overrides of the base config."),
+) -> None:
+    """Search loss family, its parameters and learning rate with Ray Tune + Optuna."""
+    from lossearch.search.report import finish_search
+    from lossearch.search.driver import run_search
+
+    exp = run_search(
+        space,
+        num_samples=num_samples,
+        max_concurrent=max_concurrent,
+        seeds=seeds,
+        scheduler=scheduler,
+        metric=metric,
+        mode=mode,
+        address=address,
+        storage=storage,
+        name=name,
+        max_failures=max_failures,
+        overrides=overrides or [],
+        announce=typer.echo,
+    )
+    finish_search(exp)
+
+
+@app.command()
+def resume(
+    experiment: str = typer.Argument(..., help="Experiment directory or URI."),
+    address: str = typer.Option(None, "--address", help="Ray cluster address (HOST:PORT)."),
+) -> None:
+    """Continue a search whose driver died; unfinished trials resume from checkpoints."""
+    from lossearch.search.report import finish_search
+    from lossearch.search.driver import resume as run_resume
+
+    finish_search(run_resume(experiment, address=address))
+
+
+@app.command()
+def export(
+    experiment: str = typer.Argument(..., help="Experiment directory or URI."),
+    metric: str = typer.Option(None, "--metric", help="Metric (default: the search's)."),
+    mode: str = typer.Option(None, "--mode", help="max or min (default: the search's)."),
+    out: str = typer.Option("best.yaml", "--out", help="Where to write the config."),
+    per_loss: bool = typer.Option(False, "--per-loss", help="One file per loss family."),
+) -> None:
+    """Write the best trial's complete training config for `lossearch train`."""
+    from lossearch.search.export import export_best
+
+    for path in export_best(experiment, metric=metric, mode=mode, out=out, per_loss=per_loss):
+        typer.echo(str(path))
 # @@analyze@@
 
 

@@ -36,10 +36,13 @@ class TaskConfig(_Section):
     eval_size: int = Field(default=200, ge=1)
     max_length: int = Field(default=128, ge=8)
     target_format: Literal["formulas", "full"] = "formulas"
-    # arith: synthetic problems
+    # arith: synthetic problems (see lossearch/tasks/arith.py); data_seed seeds the problems,
+    # independently of the training seed
     arith_steps: int = Field(default=1, ge=1, le=8)
     arith_max_operand: int = Field(default=12, ge=2)
-    arith_train_size: int = Field(default=20000, ge=1)
+    arith_ops: str = Field(default="+-*/", pattern=r"^[-+*/]+$")
+    arith_train_size: int = Field(default=6400, ge=1)
+    data_seed: int = 0
     # jsonl: field names and optional numeric answer pattern
     prompt_field: str = "prompt"
     target_field: str = "target"

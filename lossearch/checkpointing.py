@@ -1,0 +1,61 @@
+"""What a training checkpoint holds, and how it is written and read back.
+
+Layout of one checkpoint directory (a Ray Train ``Checkpoint``)::
+
+    state.json            {"epoch": E, "seeds": [...]}
+    history.jsonl         one JSON object per finished epoch (the reported metrics)
+    seed<k>/model/        adapter (LoRA) or full weights + tokenizer, see models.save_model
+    seed<k>/trainer.pt    optimizer and LR-scheduler state
+
+``epoch`` counts finished epochs, so training resumes at ``epoch + 1``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+def write_checkpoint(
+    directory: str | Path,
+    epoch: int,
+    history: list[dict[str, Any]],
+    replicas: list[Any],
+) -> None:
+    """Write ``replicas`` (objects with seed, model, tokenizer, optimizer, scheduler)."""
+    from lossearch.models import save_model, unwrap
+
+    root = Path(directory)
+    for rep in replicas:
+        sub = root / f"seed{rep.seed}"
+        sub.mkdir(parents=True, exist_ok=True)
+        save_model(unwrap(rep.model), rep.tokenizer, sub / "model")
+        torch.save(
+            {"optimizer": rep.optimizer.state_dict(), "scheduler": rep.scheduler.state_dict()},
+            sub / "trainer.pt",
+        )
+    (root / "history.jsonl").write_text("".join(json.dumps(h) + "\n" for h in history))
+    state = {"epoch": epoch, "seeds": [r.seed for r in replicas]}
+    (root / "state.json").write_text(json.dumps(state))
+
+
+def read_state(directory: str | Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Return ``(state, history)`` of a checkpoint directory."""
+    root = Path(directory)
+    state = json.loads((root / "state.json").read_text())
+    lines = (root / "history.jsonl").read_text().splitlines()
+    return state, [json.loads(line) for line in lines if line.strip()]
+
+
+def restore_replica(directory: str | Path, rep: Any) -> None:
+    """Load weights and optimizer/scheduler state of ``rep.seed`` from a checkpoint in place."""
+    from lossearch.models import load_weights, unwrap
+
+    sub = Path(directory) / f"seed{rep.seed}"
+    load_weights(unwrap(rep.model), sub / "model")
+    state = torch.load(sub / "trainer.pt", map_location="cpu", weights_only=False)
+    rep.optimizer.load_state_dict(state["optimizer"])
+    rep.scheduler.load_state_dict(state["scheduler"])

@@ -1,0 +1,277 @@
+"""The search driver: Ray Tune + Optuna over training configs, each trial a Ray Train run.
+
+This is Ray Train V2's documented "Train inside Tune" pattern: the Tune trainable is a plain
+function (:func:`run_trial`) that builds the same ``TorchTrainer`` as ``lossearch train``
+(:func:`lossearch.train.build_trainer`) and forwards its reports to Tune with
+``TuneReportCallback``. The trial function itself reserves 0.01 CPU; the training workers
+reserve ``scaling.cpus_per_worker`` each.
+
+Experiment directory ``<storage>/<name>/``: Ray Tune's files, ``lossearch_search.yaml`` (what
+is needed to resume, export and analyse without the original command line), and
+``trainings/<trial_id>/`` (each trial's Ray Train run and checkpoints, fixed paths so a
+restarted driver resumes half-trained trials from their checkpoints).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from collections.abc import Callable
+from typing import Any
+
+import yaml
+
+from lossearch.errors import LossearchError
+
+SEARCH_FILE = "lossearch_search.yaml"
+
+
+class TrialDiverged(RuntimeError):
+    """A trial's loss became NaN or infinite; the trial is recorded as errored."""
+
+
+def join_uri(base: str, *parts: str) -> str:
+    """Join a local path or a URI (``s3://b/p``) with ``/``."""
+    return "/".join([base.rstrip("/"), *parts])
+
+
+def is_uri(path: str) -> bool:
+    return "://" in path
+
+
+def run_trial(
+    config: dict[str, Any],
+    *,
+    base: dict[str, Any],
+    seeds: list[int],
+    trainings_path: str,
+    max_failures: int,
+) -> None:
+    """Tune function trainable: one trial = one Ray Train run of the sampled config."""
+    from ray import tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from lossearch.search.space import trial_to_config
+    from lossearch.train import build_trainer
+
+    cfg = trial_to_config(base, config)
+    trainer = build_trainer(
+        cfg,
+        seeds=seeds,
+        storage_path=trainings_path,
+        name=tune.get_context().get_trial_id(),
+        callbacks=[TuneReportCallback()],
+        max_failures=max_failures,
+    )
+    result = trainer.fit()
+    if result.error is not None:
+        raise result.error
+    if result.metrics and "error" in result.metrics:
+        raise TrialDiverged(result.metrics["error"])
+
+
+def _trainable(meta: dict[str, Any], exp_path: str) -> Any:
+    from ray import tune
+
+    fn = tune.with_parameters(
+        run_trial,
+        base=meta["base_config"],
+        seeds=meta["seeds"],
+        trainings_path=join_uri(exp_path, "trainings"),
+        max_failures=meta["max_failures"],
+    )
+    return tune.with_resources(fn, {"CPU": 0.01})
+
+
+def _scheduler(kind: str, meta: dict[str, Any]) -> Any:
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    if kind == "fifo":
+        return FIFOScheduler()
+    if kind != "asha":
+        raise LossearchError(f"unknown scheduler '{kind}' (use asha or fifo)")
+    max_t = int(meta["base_config"]["optim"]["epochs"])
+    return ASHAScheduler(
+        time_attr="epoch",
+        max_t=max(max_t, 1),
+        grace_period=int(meta["asha"]["grace_period"]),
+        reduction_factor=float(meta["asha"]["reduction_factor"]),
+    )
+
+
+def _local_ray(address: str | None) -> None:
+    from lossearch.train import init_ray
+
+    # The trial function holds 0.01 CPU besides its workers: give local Ray one spare CPU
+    # so that K single-CPU trainings can run side by side on K cores.
+    init_ray(address, num_cpus=None if address else (os.cpu_count() or 1) + 1)
+
+
+def write_search_file(exp_path: str, meta: dict[str, Any]) -> None:
+    """Write ``lossearch_search.yaml`` into the experiment directory (local or URI)."""
+    text = yaml.safe_dump(meta, sort_keys=False)
+    if is_uri(exp_path):
+        import pyarrow.fs as pafs
+
+        fs, root = pafs.FileSystem.from_uri(exp_path)
+        fs.create_dir(root, recursive=True)
+        with fs.open_output_stream(f"{root}/{SEARCH_FILE}") as f:
+            f.write(text.encode())
+        return
+    Path(exp_path).mkdir(parents=True, exist_ok=True)
+    Path(exp_path, SEARCH_FILE).write_text(text)
+
+
+def read_search_file(exp_path: str) -> dict[str, Any]:
+    """Read ``lossearch_search.yaml``; a path without one is not a lossearch experiment."""
+    try:
+        if is_uri(exp_path):
+            import pyarrow.fs as pafs
+
+            fs, root = pafs.FileSystem.from_uri(exp_path)
+            with fs.open_input_stream(f"{root.rstrip('/')}/{SEARCH_FILE}") as f:
+                text = f.read().decode()
+        else:
+            text = Path(exp_path, SEARCH_FILE).read_text()
+    except (OSError, FileNotFoundError):
+        raise LossearchError(f"not a lossearch experiment (no {SEARCH_FILE}): {exp_path}") from None
+    return yaml.safe_load(text)
+
+
+def _default_storage() -> str:
+    return str(Path("experiments").resolve())
+
+
+def run_search(
+    space: str | Path | dict[str, Any],
+    *,
+    num_samples: int | None = None,
+    max_concurrent: int = 2,
+    seeds: int = 1,
+    scheduler: str = "asha",
+    metric: str | None = None,
+    mode: str | None = None,
+    address: str | None = None,
+    storage: str | None = None,
+    name: str | None = None,
+    max_failures: int = 0,
+    overrides: list[str] | dict[str, Any] | None = None,
+    grace_period: int | None = None,
+    reduction_factor: float | None = None,
+    verbose: int = 1,
+    announce: Callable[[str], None] | None = None,
+) -> str:
+    """Run a search; returns the experiment path (local directory or URI).
+
+    ``overrides`` (``["optim.epochs=2"]``) apply to the space's base config. The search
+    optimises ``metric`` (default: the space's, else ``exact_match``) averaged over ``seeds``
+    seeds per trial.
+    """
+    from lossearch.config import apply_overrides, validate
+    from lossearch.search.space import load_space
+
+    sp = load_space(space)
+    base = apply_overrides(sp.base, overrides or [])
+    base_cfg = validate(base)  # the base must be a valid training config on its own
+    if seeds < 1:
+        raise LossearchError("--seeds must be at least 1")
+    if max_concurrent < 1:
+        raise LossearchError("--max-concurrent must be at least 1")
+    settings = sp.settings
+    metric = metric or settings.get("metric") or "exact_match"
+    mode = mode or settings.get("mode") or "max"
+    if mode not in ("max", "min"):
+        raise LossearchError(f"--mode must be max or min, got '{mode}'")
+    n = num_samples or settings.get("num_samples") or 8
+    storage = storage or _default_storage()
+    if not is_uri(storage):
+        storage = str(Path(storage).resolve())
+    stem = Path(space).stem if isinstance(space, (str, Path)) else "space"
+    name = name or f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+    exp_path = join_uri(storage, name)
+    if not is_uri(exp_path) and Path(exp_path).exists() and any(Path(exp_path).iterdir()):
+        raise LossearchError(
+            f"experiment already exists: {exp_path} (use `lossearch resume` or another --name)"
+        )
+    meta = {
+        "space": sp.raw,
+        "base_config": base_cfg.to_dict(),
+        "metric": metric,
+        "mode": mode,
+        "num_seeds": seeds,
+        "seeds": [base_cfg.seed + i for i in range(seeds)],
+        "num_samples": int(n),
+        "max_concurrent": int(max_concurrent),
+        "scheduler": scheduler,
+        "asha": {
+            "grace_period": grace_period or settings.get("grace_period") or 1,
+            "reduction_factor": reduction_factor or settings.get("reduction_factor") or 2,
+        },
+        "max_failures": int(max_failures),
+        "sampler_seed": int(settings.get("seed", 0)),
+    }
+    _scheduler(scheduler, meta)  # validate before anything is written
+    try:
+        write_search_file(exp_path, meta)
+    except OSError as err:
+        raise LossearchError(f"cannot write experiment directory {exp_path}: {err}") from None
+    if announce:
+        announce(f"experiment: {exp_path}")
+    _local_ray(address)
+    tuner = _build_tuner(sp, meta, storage, name, exp_path, verbose)
+    tuner.fit()
+    return exp_path
+
+
+def _build_tuner(
+    sp: Any, meta: dict[str, Any], storage: str, name: str, exp_path: str, verbose: int
+) -> Any:
+    from ray import tune
+    from ray.tune.search import ConcurrencyLimiter
+    from ray.tune.search.optuna import OptunaSearch
+
+    searcher = OptunaSearch(space=sp.define_by_run, sampler=sp.make_sampler(meta["sampler_seed"]))
+    return tune.Tuner(
+        _trainable(meta, exp_path),
+        tune_config=tune.TuneConfig(
+            metric=meta["metric"],
+            mode=meta["mode"],
+            search_alg=ConcurrencyLimiter(searcher, max_concurrent=meta["max_concurrent"]),
+            scheduler=_scheduler(meta["scheduler"], meta),
+            num_samples=meta["num_samples"],
+            max_concurrent_trials=meta["max_concurrent"],
+        ),
+        run_config=tune.RunConfig(
+            name=name,
+            storage_path=storage,
+            failure_config=tune.FailureConfig(max_failures=0),
+            verbose=verbose,
+        ),
+    )
+
+
+def resume(exp_path: str, *, address: str | None = None) -> str:
+    """Continue an experiment whose driver died: finished trials kept, unfinished resumed.
+
+    Unfinished trials restart their Ray Train run, which resumes from its latest checkpoint;
+    the Optuna searcher is restored with what it had learned; errored trials stay errored.
+    """
+    from ray import tune
+
+    if not is_uri(exp_path):
+        exp_path = str(Path(exp_path).resolve())
+        if not Path(exp_path).is_dir():
+            raise LossearchError(f"experiment directory not found: {exp_path}")
+    meta = read_search_file(exp_path)
+    _local_ray(address)
+    if not tune.Tuner.can_restore(exp_path):
+        raise LossearchError(f"not a Ray Tune experiment (no experiment state): {exp_path}")
+    tuner = tune.Tuner.restore(
+        exp_path,
+        trainable=_trainable(meta, exp_path),
+        resume_unfinished=True,
+        resume_errored=False,
+    )
+    tuner.fit()
+    return exp_path

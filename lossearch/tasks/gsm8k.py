@@ -1,0 +1,68 @@
+"""GSM8K: grade-school math word problems (Cobbe et al., 2021, arXiv:2110.14168).
+
+Native fields: ``question``, ``answer`` (the solution text, with calculator annotations
+``<<48/2=24>>`` and a last line ``#### 72``). Hub: ``openai/gsm8k``, config ``main``.
+
+Prompt: ``Question: {question}\\nAnswer: ``.
+
+Target, ``task.target_format``:
+    ``formulas`` (default, the paper's): the solution's annotations in order, one per line,
+        each as ``<<expr=value>>``, then ``#### {answer}``; a solution with no annotation is
+        just ``#### {answer}``. Thousands commas are dropped from the final answer
+        (``#### 1,080`` becomes ``#### 1080``).
+    ``full``: the whole solution text as given.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING, Any
+
+from lossearch.tasks.base import Example, Task, format_number, parse_number, squash
+
+if TYPE_CHECKING:
+    from lossearch.config import TaskConfig
+
+ANNOTATION = re.compile(r"<<([^<>]*)>>")
+
+
+def final_answer(solution: str) -> str:
+    """The text after the last ``####`` (commas dropped when it is a number).
+
+    Raises:
+        ValueError: the solution has no ``####`` line.
+    """
+    if "####" not in solution:
+        raise ValueError("solution has no '#### answer' line")
+    tail = solution.rsplit("####", 1)[1].strip()
+    answer = squash(tail.splitlines()[0]) if tail else ""
+    if not answer:
+        raise ValueError("solution has an empty '####' answer")
+    value = parse_number(answer)
+    return format_number(value) if value is not None and "," in answer else answer
+
+
+def formulas_target(annotations: list[str], answer: str) -> str:
+    """``<<a>>\\n<<b>>\\n#### answer`` (just ``#### answer`` without annotations)."""
+    lines = [f"<<{a.strip()}>>" for a in annotations]
+    lines.append(f"#### {answer}")
+    return "\n".join(lines)
+
+
+class GSM8K(Task):
+    name = "gsm8k"
+    kind = "math"
+    hub_path = "openai/gsm8k"
+    hub_config = "main"
+    train_splits = ("train",)
+    eval_splits = ("test",)
+    fields = ("question", "answer")
+
+    def to_example(self, row: dict[str, Any], cfg: TaskConfig) -> Example:
+        question, solution = str(row["question"]), str(row["answer"])
+        prompt = f"Question: {question.strip()}\nAnswer: "
+        if cfg.target_format == "full":
+            final_answer(solution)  # validates the #### line
+            return Example(prompt, solution.strip())
+        annotations = ANNOTATION.findall(solution)
+        return Example(prompt, formulas_target(annotations, final_answer(solution)))

@@ -1,0 +1,383 @@
+"""One fine-tuning run on Ray Train V2: the per-worker loop, the trainer, and ``train``.
+
+The per-worker function :func:`train_loop_per_worker` reads top to bottom::
+
+    build task data, loss, and one replica (model, optimizer, schedule) per seed
+    resume from the latest checkpoint, if Ray Train hands one back
+    for epoch:
+        for each replica: for batch: composite loss, backward, clip, step
+        evaluate by greedy generation on rank 0
+        ray.train.report(metrics, checkpoint)
+
+Several seeds in one run share the data and the Ray workers: each seed has its own model and
+optimizer, they train in turn within an epoch, and the reported metric is the mean over seeds
+(each seed's own values are reported as ``seed<k>/<metric>``). ``lossearch train`` uses one
+seed; ``lossearch search --seeds S`` runs S per trial. Data parallelism is Ray Train's: one
+process per worker (gloo on CPU, NCCL on GPU), the model wrapped by ``prepare_model``; each
+global batch of ``optim.batch_size * num_workers`` examples is split across workers.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lossearch.config import TrainConfig, dump_config, validate
+from lossearch.errors import LossearchError
+
+
+class NonFiniteLoss(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+
+# --------------------------------------------------------------------------- data order
+
+
+def epoch_batches(
+    n: int, batch_size: int, seed: int, epoch: int, rank: int = 0, world: int = 1
+) -> list[list[int]]:
+    """This worker's example indices for each step of ``epoch``.
+
+    A permutation of ``range(n)`` drawn from ``(seed, epoch)`` is cut into global batches of
+    ``batch_size * world`` (the last partial one dropped); worker ``rank`` takes the
+    ``rank``-th slice of ``batch_size`` from each. Deterministic, so a resumed run sees the
+    same order, and a 1-worker run with ``batch_size * world`` sees the same global batches.
+    """
+    g = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    perm = torch.randperm(n, generator=g).tolist()
+    global_bs = batch_size * world
+    steps = n // global_bs
+    return [
+        perm[s * global_bs + rank * batch_size : s * global_bs + (rank + 1) * batch_size]
+        for s in range(steps)
+    ]
+
+
+# --------------------------------------------------------------------------- one seed's state
+
+
+@dataclass
+class Replica:
+    """Everything one seed trains: model (maybe DDP-wrapped), tokenizer, optimizer, schedule."""
+
+    seed: int
+    model: Any
+    tokenizer: Any
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def build_replica(cfg: TrainConfig, seed: int, total_steps: int) -> Replica:
+    """Model + tokenizer from ``cfg.model``, AdamW over trainable weights, warmup schedule."""
+    import ray.train.torch
+    from transformers import get_scheduler
+
+    from lossearch.models import load_model_and_tokenizer
+
+    torch.manual_seed(seed)
+    model, tokenizer = load_model_and_tokenizer(cfg.model, seed=seed)
+    model = ray.train.torch.prepare_model(model)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+    scheduler = get_scheduler(
+        cfg.optim.scheduler,
+        optimizer,
+        num_warmup_steps=min(cfg.optim.warmup_steps, total_steps),
+        num_training_steps=total_steps,
+    )
+    return Replica(seed, model, tokenizer, optimizer, scheduler)
+
+
+# --------------------------------------------------------------------------- steps
+
+
+def train_epoch(
+    rep: Replica,
+    features: list[dict[str, list[int]]],
+    loss_fn: Any,
+    cfg: TrainConfig,
+    epoch: int,
+    device: torch.device,
+    rank: int,
+    world: int,
+    step_cap: int,
+) -> dict[str, float]:
+    """One pass over this worker's shard; returns mean loss, components and tokens/s.
+
+    Raises :class:`NonFiniteLoss` at the first step whose loss is NaN or infinite.
+    """
+    from lossearch.tasks import collate
+
+    rep.model.train()
+    pad_id = rep.tokenizer.pad_token_id
+    accum = cfg.optim.grad_accum
+    autocast = (
+        torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else _nullcontext()
+    )
+    batches = epoch_batches(len(features), cfg.optim.batch_size, rep.seed, epoch, rank, world)
+    batches = batches[: step_cap * accum]
+    totals: dict[str, float] = {}
+    n_tokens, n_steps, t0 = 0, 0, time.perf_counter()
+    for i, idx in enumerate(batches):
+        batch = {k: v.to(device) for k, v in collate([features[j] for j in idx], pad_id).items()}
+        with autocast:
+            logits = rep.model(
+                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+            ).logits
+        out = loss_fn(logits, batch["labels"], batch["answer_mask"])
+        if not torch.isfinite(out.total):
+            raise NonFiniteLoss(
+                f"loss became {out.total.item()} at epoch {epoch}, step {i + 1} (seed {rep.seed})"
+            )
+        (out.total / accum).backward()
+        if (i + 1) % accum == 0:
+            if cfg.optim.max_grad_norm is not None:
+                torch.nn.utils.clip_grad_norm_(rep.model.parameters(), cfg.optim.max_grad_norm)
+            rep.optimizer.step()
+            rep.scheduler.step()
+            rep.optimizer.zero_grad(set_to_none=True)
+        n_tokens += int(batch["attention_mask"].sum())
+        n_steps += 1
+        totals["loss"] = totals.get("loss", 0.0) + float(out.total)
+        for name, value in out.components.items():
+            totals[f"loss.{name}"] = totals.get(f"loss.{name}", 0.0) + float(value)
+    elapsed = max(time.perf_counter() - t0, 1e-9)
+    stats = {k: v / max(n_steps, 1) for k, v in totals.items()}
+    stats["tokens_per_s"] = n_tokens * world / elapsed
+    return stats
+
+
+def evaluate(rep: Replica, data: Any, cfg: TrainConfig, device: torch.device) -> dict[str, float]:
+    """Greedy generation on the eval split, scored by the task's metrics."""
+    from lossearch.metrics import generate, score
+    from lossearch.models import unwrap
+
+    model = unwrap(rep.model)
+    model.eval()
+    preds = generate(
+        model,
+        rep.tokenizer,
+        [ex.prompt for ex in data.eval],
+        max_new_tokens=cfg.eval.max_new_tokens,
+        batch_size=cfg.eval.batch_size,
+        stop_after_answer=data.spec.kind == "math",
+    )
+    return score(data.spec, preds, [ex.target for ex in data.eval])
+
+
+def mean_over_seeds(per_seed: dict[int, dict[str, float]]) -> dict[str, float]:
+    """Trial-level metrics: the mean over seeds of each key, plus ``seed<k>/<key>`` copies."""
+    keys = sorted({k for m in per_seed.values() for k in m})
+    out: dict[str, float] = {}
+    for key in keys:
+        values = [m[key] for m in per_seed.values() if key in m]
+        out[key] = sum(values) / len(values)
+    for seed, m in per_seed.items():
+        for key, value in m.items():
+            out[f"seed{seed}/{key}"] = value
+    return out
+
+
+class _nullcontext:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
+    """Ray Train per-worker function. ``loop_config = {"config": <TrainConfig dict>, "seeds"}``."""
+    import ray.train
+    import ray.train.torch
+
+    from lossearch.checkpointing import read_state, restore_replica, write_checkpoint
+    from lossearch.losses import build_loss
+    from lossearch.tasks import load_task, tokenize
+
+    cfg = validate(loop_config["config"])
+    seeds: list[int] = list(loop_config.get("seeds") or [cfg.seed])
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device()
+    torch.set_num_threads(max(1, int(cfg.scaling.cpus_per_worker)))
+
+    # build: data, loss, one replica per seed
+    data = load_task(cfg.task)
+    loss_fn = build_loss(cfg.loss)
+    n_train = len(data.train)
+    steps_per_epoch = n_train // (cfg.optim.batch_size * world) // cfg.optim.grad_accum
+    if steps_per_epoch < 1:
+        raise LossearchError(
+            f"{n_train} training examples are fewer than one optimizer step "
+            f"({cfg.optim.batch_size} x {world} workers x {cfg.optim.grad_accum} accumulation)"
+        )
+    total_steps = min(cfg.optim.max_steps or 10**12, steps_per_epoch * cfg.optim.epochs)
+    epochs = math.ceil(total_steps / steps_per_epoch)
+    replicas = [build_replica(cfg, seed, total_steps) for seed in seeds]
+    features, _ = tokenize(data.train, replicas[0].tokenizer, cfg.task.max_length)
+
+    # resume
+    start_epoch, history = 1, []
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as ckpt_dir:
+            state, history = read_state(ckpt_dir)
+            for rep in replicas:
+                restore_replica(ckpt_dir, rep)
+        start_epoch = state["epoch"] + 1
+    if start_epoch > epochs and history:
+        # finished just before a restart: report the last epoch again so Tune sees it
+        ray.train.report(history[-1])
+        return
+
+    for epoch in range(start_epoch, epochs + 1):
+        step_cap = total_steps - (epoch - 1) * steps_per_epoch
+        per_seed: dict[int, dict[str, float]] = {}
+        try:
+            for rep in replicas:
+                per_seed[rep.seed] = train_epoch(
+                    rep, features, loss_fn, cfg, epoch, device, rank, world, step_cap
+                )
+        except NonFiniteLoss as err:
+            ray.train.report({"epoch": epoch, "diverged": 1.0, "error": str(err)})
+            return
+        if rank == 0 and (epoch % cfg.eval.every_epochs == 0 or epoch == epochs):
+            for rep in replicas:
+                per_seed[rep.seed].update(evaluate(rep, data, cfg, device))
+        metrics = {"epoch": epoch, **mean_over_seeds(per_seed)}
+        history.append(metrics)
+        with tempfile.TemporaryDirectory() as tmp:
+            if rank == 0:
+                print(f"[lossearch] {summary_line(metrics)}", flush=True)
+                write_checkpoint(tmp, epoch, history, replicas)
+                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+            else:
+                ray.train.report(metrics)
+
+
+# --------------------------------------------------------------------------- the trainer
+
+
+def build_trainer(
+    cfg: TrainConfig,
+    *,
+    seeds: list[int] | None = None,
+    storage_path: str,
+    name: str,
+    callbacks: list[Any] | None = None,
+    max_failures: int = 0,
+) -> Any:
+    """A ``TorchTrainer`` running :func:`train_loop_per_worker` for ``cfg``.
+
+    The run lives at ``storage_path/name``; building the trainer again with the same pair
+    resumes from its latest checkpoint (Train V2 keeps a checkpoint-manager snapshot there).
+    """
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    sc = cfg.scaling
+    resources = {"CPU": sc.cpus_per_worker}
+    if sc.use_gpu:
+        resources["GPU"] = sc.gpus_per_worker
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"config": cfg.to_dict(), "seeds": seeds or [cfg.seed]},
+        scaling_config=ScalingConfig(
+            num_workers=sc.num_workers, use_gpu=sc.use_gpu, resources_per_worker=resources
+        ),
+        run_config=RunConfig(
+            name=name,
+            storage_path=storage_path,
+            failure_config=FailureConfig(max_failures=max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+            callbacks=callbacks,
+        ),
+    )
+
+
+def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
+    """Join ``address`` (or ``RAY_ADDRESS``), else start a local Ray; no-op when connected."""
+    import os
+
+    import ray
+
+    if ray.is_initialized():
+        return
+    os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+    kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": True}
+    if address:
+        try:
+            ray.init(address=address, **kwargs)
+        except (ConnectionError, RuntimeError) as err:
+            raise LossearchError(f"cannot reach Ray cluster at {address}: {err}") from None
+    else:
+        ray.init(num_cpus=num_cpus, **kwargs)
+
+
+def default_run_dir(cfg: TrainConfig) -> Path:
+    """``runs/<name>-<timestamp>``."""
+    return Path("runs") / f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def train(
+    cfg: TrainConfig, out_dir: str | Path | None = None, address: str | None = None
+) -> dict[str, Any]:
+    """Run one training and write the run directory; returns the last epoch's metrics.
+
+    Writes ``config.yaml`` (resolved) first, then ``metrics.jsonl`` (one object per epoch)
+    and ``checkpoint/`` (the final model, tokenizer and optimizer state) at the end.
+    """
+    import shutil
+
+    out = Path(out_dir) if out_dir is not None else default_run_dir(cfg)
+    out = out.resolve()
+    if out.exists() and any(out.iterdir()) and not (out / "config.yaml").exists():
+        raise LossearchError(f"output directory is not empty and not a lossearch run: {out}")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        dump_config(cfg, out / "config.yaml")
+    except OSError as err:
+        raise LossearchError(f"cannot write run directory {out}: {err.strerror}") from None
+    init_ray(address)
+    trainer = build_trainer(cfg, storage_path=str(out), name="ray_train")
+    result = trainer.fit()
+    if result.error is not None:
+        raise result.error
+    if result.metrics and "error" in result.metrics:
+        raise LossearchError(f"training diverged: {result.metrics['error']}")
+    if result.checkpoint is None:
+        raise RuntimeError("training finished without a checkpoint")
+    with result.checkpoint.as_directory() as ckpt_dir:
+        from lossearch.checkpointing import read_state
+
+        _, history = read_state(ckpt_dir)
+        final = out / "checkpoint"
+        if final.exists():
+            shutil.rmtree(final)
+        shutil.copytree(ckpt_dir, final)
+    (out / "metrics.jsonl").write_text("".join(json.dumps(h) + "\n" for h in history))
+    return history[-1] if history else {}
+
+
+def summary_line(metrics: dict[str, Any]) -> str:
+    """``epoch 3  loss 0.412  exact_match 0.455 ...`` for the end of ``lossearch train``."""
+    keys = ["epoch", "loss", "exact_match", "formula_iou", "tokens_per_s"]
+    parts = []
+    for key in keys:
+        if key in metrics:
+            v = metrics[key]
+            parts.append(f"{key} {v:.4g}" if isinstance(v, float) and math.isfinite(v) else
+                         f"{key} {v}")
+    return "  ".join(parts)
