@@ -22,10 +22,9 @@ def _trial_table(df: pd.DataFrame, metric: str) -> pd.DataFrame:
     column = metric_column(df, metric)
     rows = counted_rows(df, metric)
     params = [c for c in rows.columns if c.startswith("param.")]
-    keys = [k for k in ("experiment", "trial_id") if k in rows.columns] or [rows.index.name]
     if "trial_id" not in rows.columns:  # a hand-made frame: every row is a trial
         rows = rows.assign(trial_id=range(len(rows)))
-        keys = ["trial_id"]
+    keys = [k for k in ("experiment", "trial_id") if k in rows.columns]
     agg: dict[str, Any] = {c: "first" for c in [*params, "loss"] if c in rows.columns}
     agg[column] = "mean"
     table = rows.groupby(keys, dropna=False, sort=False).agg(agg).reset_index(drop=True)
@@ -159,6 +158,4 @@ def parameter_importance(
             "importance": [float(scores.get(name, math.nan)) for name in searched],
         }
     )
-    return out.sort_values("importance", ascending=False, na_position="last").reset_index(
-        drop=True
-    )
+    return out.sort_values("importance", ascending=False, na_position="last").reset_index(drop=True)

@@ -175,8 +175,10 @@ def is_experiment(path: str | PathLike[str]) -> bool:
 
 def experiment_name(path: str | PathLike[str]) -> str:
     """The experiment's name: the last component of its directory or URI path."""
-    text = str(path).rstrip("/")
-    return text.rsplit("/", 1)[-1] if is_uri(text) else Path(text).expanduser().resolve().name
+    text = str(path)
+    if is_uri(text):
+        return text.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1]
+    return Path(text).expanduser().resolve().name
 
 
 def read_search_settings(path: str | PathLike[str]) -> dict[str, Any]:
@@ -367,7 +369,9 @@ def _read_experiment(path: str | PathLike[str]) -> _Experiment:
     return _Experiment(name=name, loc=loc, settings=settings, trials=trials)
 
 
-def _read_experiments(paths: Iterable[str | PathLike[str]] | str | PathLike[str]) -> list[_Experiment]:
+def _read_experiments(
+    paths: Iterable[str | PathLike[str]] | str | PathLike[str],
+) -> list[_Experiment]:
     if isinstance(paths, (str, PathLike)):
         paths = [paths]
     return [_read_experiment(p) for p in paths]
@@ -406,7 +410,9 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def _split_metrics(result: Mapping[str, Any]) -> tuple[dict[str, float], dict[int, dict[str, float]]]:
+def _split_metrics(
+    result: Mapping[str, Any],
+) -> tuple[dict[str, float], dict[int, dict[str, float]]]:
     """Split one result into trial-level metrics and per-seed metrics ``{seed: {name: v}}``."""
     trial_level: dict[str, float] = {}
     per_seed: dict[int, dict[str, float]] = {}
@@ -494,6 +500,9 @@ def _seeds_of(trial: _Trial, settings: Mapping[str, Any]) -> list[int]:
     seeds = trial.config.get("seeds")
     if isinstance(seeds, (list, tuple)) and all(_is_number(s) for s in seeds):
         return [int(s) for s in seeds]
+    seeds = settings.get("seeds")  # the driver's list when the trial config has none
+    if isinstance(seeds, (list, tuple)) and seeds and all(_is_number(s) for s in seeds):
+        return [int(s) for s in seeds]
     single = trial.config.get("seed", _get(settings.get("base_config"), "seed"))
     return [int(single)] if _is_number(single) else []
 
@@ -511,7 +520,9 @@ def _summarise(
     values = np.asarray(series, dtype=float)
     finite = values[~np.isnan(values)]
     final = float(finite[-1]) if finite.size else math.nan
-    best = (float(finite.max()) if mode == "max" else float(finite.min())) if finite.size else math.nan
+    best = (
+        (float(finite.max()) if mode == "max" else float(finite.min())) if finite.size else math.nan
+    )
     if fallback:
         extra = fallback.get(mode)
         if _is_number(extra) and not math.isnan(float(extra)):
@@ -613,7 +624,8 @@ def _tidy_params(frame: pd.DataFrame) -> pd.DataFrame:
         values = frame[col]
         present = values.dropna()
         if len(present) and all(_is_number(v) for v in present):
-            frame[col] = pd.to_numeric(values, errors="coerce").astype(float)
+            whole = len(present) == len(values) and all(isinstance(v, int) for v in present)
+            frame[col] = pd.to_numeric(values, errors="coerce").astype("int64" if whole else float)
         else:
             frame[col] = values.map(lambda v: None if v is None or v is pd.NA else str(v)).astype(
                 object
@@ -650,16 +662,20 @@ def load_trials(
           ``model.name_or_path`` from ``lossearch_search.yaml``, overridden by the trial's own.
         * ``loss`` (str): the loss family (the trial's ``"loss.family"``).
         * ``seed`` (Int64, may be NA): the seed of this row. Rows come from the per-seed
-          ``seed<k>/<metric>`` keys; a trial without them gives one row of its trial-level
-          metrics whose seed is its only seed, or NA when it had several.
+          ``seed<k>/<metric>`` keys (one per seed of the trial's ``"seeds"``, else of the
+          search file's ``seeds``, plus any other seed found in the results); a trial without
+          them gives one row of its trial-level metrics whose seed is its only seed, or NA
+          when it had several.
         * ``epochs`` (int): epochs reported (the last ``epoch`` key, else
           ``training_iteration``).
         * ``wall_s`` (float): Tune's ``time_total_s`` of the trial (shared by its seed rows:
           the seeds train inside one trial).
         * ``start_time`` (float): when Tune started the trial, Unix seconds (NaN if unknown).
         * ``param.<key>`` for every other config key, ``<key>`` being the dotted training-config
-          key it sets (``param.optim.lr``, ``param.loss.focal.gamma``): float for numbers,
-          str otherwise; NaN/None where the parameter does not apply (conditional space).
+          key it sets (``param.optim.lr``, ``param.loss.focal.gamma``): int64 when every
+          row has an integer, float for other numbers, str otherwise (``"seeds"`` and
+          ``"loss.family"`` are not parameters); NaN/None where the parameter does not apply
+          (conditional space).
         * ``final.<metric>`` (float): the value at the last epoch that reported it.
         * ``best.<metric>`` (float): the best value over epochs, max or min by
           :func:`metric_mode` (the search metric by the search's mode, ``loss*`` min, others
@@ -687,10 +703,15 @@ def load_trials(
     frame = _order_columns(pd.DataFrame(rows))
     frame = _tidy_params(frame)
     frame["seed"] = pd.array(
-        [None if s is None or (isinstance(s, float) and math.isnan(s)) else int(s) for s in frame["seed"]],
+        [
+            None if s is None or (isinstance(s, float) and math.isnan(s)) else int(s)
+            for s in frame["seed"]
+        ],
         dtype="Int64",
     )
-    frame["epochs"] = pd.to_numeric(frame["epochs"]).astype("int64") if len(frame) else frame["epochs"]
+    frame["epochs"] = (
+        pd.to_numeric(frame["epochs"]).astype("int64") if len(frame) else frame["epochs"]
+    )
     for col in ("wall_s", "start_time"):
         frame[col] = pd.to_numeric(frame[col], errors="coerce").astype(float)
     return frame.reset_index(drop=True)

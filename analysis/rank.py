@@ -162,7 +162,11 @@ def rank_losses(
                 sign = 1.0 if mode == "max" else -1.0
                 improvement = sign * 100.0 * (row["mean"] - ce_mean) / abs(ce_mean)
             is_ce = row["loss"] == BASELINE
-            p = math.nan if is_ce or not len(baseline) else _welch(values, ce_values, scipy_alternative)
+            p = (
+                math.nan
+                if is_ce or not len(baseline)
+                else _welch(values, ce_values, scipy_alternative)
+            )
             records.append(
                 {
                     **dict(zip(keys, group_values, strict=True)),
@@ -172,7 +176,9 @@ def rank_losses(
                     "std": float(row["std"]),
                     "n": int(row["n"]),
                     "rank": int(rank),
-                    "improvement_vs_ce_pct": 0.0 if is_ce and not math.isnan(improvement) else improvement,
+                    "improvement_vs_ce_pct": 0.0
+                    if is_ce and not math.isnan(improvement)
+                    else improvement,
                     "p_value": p,
                 }
             )
@@ -199,7 +205,4 @@ def best_configurations(
     keys = _keys(by)
     configs = configurations(df, metric, keys)
     configs = configs.sort_values("mean", ascending=mode == "min", kind="stable")
-    return configs.groupby([*keys, "loss"], dropna=False, sort=False).head(1).reset_index(
-        drop=True
-    )
-
+    return configs.groupby([*keys, "loss"], dropna=False, sort=False).head(1).reset_index(drop=True)

@@ -38,7 +38,24 @@ def _root(
 
 
 # --- subcommands (each one imports its module lazily so `--help` stays fast) ---
-# @@score@@
+@app.command()
+def score(
+    predictions: str = typer.Argument(
+        ..., help='JSONL, one {"prediction": ..., "reference": ...} object per line.'
+    ),
+    task: str = typer.Option(..., "--task", "-t", help="Task whose scoring applies (gsm8k, ...)."),
+    answer_pattern: str = typer.Option(
+        None, "--answer-pattern", help="jsonl task: regex whose first group is the answer."
+    ),
+) -> None:
+    """Score predictions against references; print the mean of each metric as JSON."""
+    import json
+
+    from lossearch.metrics import score_file
+
+    typer.echo(json.dumps(score_file(predictions, task, answer_pattern=answer_pattern), indent=2))
+
+
 @app.command()
 def train(
     config: str = typer.Option(None, "--config", "-c", help="Training config YAML."),
@@ -58,9 +75,9 @@ def train(
 def search(
     space: str = typer.Option(..., "--space", "-s", help="Search-space YAML."),
     num_samples: int = typer.Option(None, "--num-samples", "-n", help="Number of trials."),
-    max_concurrent: int = typer.Option(2, "--max-concurrent", help="Trials run at once."),
-    seeds: int = typer.Option(1, "--seeds", help="Seeds trained per trial (metric = mean)."),
-    scheduler: str = typer.Option("asha", "--scheduler", help="asha (early stopping) or fifo."),
+    max_concurrent: int = typer.Option(None, "--max-concurrent", help="Trials run at once (2)."),
+    seeds: int = typer.Option(None, "--seeds", help="Seeds trained per trial (metric = mean)."),
+    scheduler: str = typer.Option(None, "--scheduler", help="asha (early stopping) or fifo."),
     metric: str = typer.Option(None, "--metric", help="Metric to optimise (exact_match)."),
     mode: str = typer.Option(None, "--mode", help="max or min."),
     address: str = typer.Option(None, "--address", help="Ray cluster address (HOST:PORT)."),
@@ -70,8 +87,8 @@ def search(
     overrides: list[str] = typer.Argument(None, help="key=value overrides of the base config."),
 ) -> None:
     """Search loss family, its parameters and learning rate with Ray Tune + Optuna."""
-    from lossearch.search.report import finish_search
     from lossearch.search.driver import run_search
+    from lossearch.search.report import finish_search
 
     exp = run_search(
         space,
@@ -97,8 +114,8 @@ def resume(
     address: str = typer.Option(None, "--address", help="Ray cluster address (HOST:PORT)."),
 ) -> None:
     """Continue a search whose driver died; unfinished trials resume from checkpoints."""
-    from lossearch.search.report import finish_search
     from lossearch.search.driver import resume as run_resume
+    from lossearch.search.report import finish_search
 
     finish_search(run_resume(experiment, address=address))
 
@@ -116,7 +133,29 @@ def export(
 
     for path in export_best(experiment, metric=metric, mode=mode, out=out, per_loss=per_loss):
         typer.echo(str(path))
-# @@analyze@@
+@app.command()
+def analyze(
+    experiments: list[str] = typer.Argument(..., help="Experiment directories or URIs."),
+    metric: str = typer.Option(None, "--metric", help="Metric (default: the search's)."),
+    mode: str = typer.Option(None, "--mode", help="max or min (default: the search's)."),
+    out: str = typer.Option(None, "--out", help="Output folder (default <EXP>/analysis)."),
+    fmt: str = typer.Option("table", "--format", help="table (rich) or json (stdout only)."),
+) -> None:
+    """Rank loss families against CE, plot, and write trials.parquet, rankings.csv, report.md."""
+    from analysis.report import rankings_json, rankings_table, run_analysis
+
+    if fmt not in ("table", "json"):
+        raise LossearchError(f"--format must be table or json, got '{fmt}'")
+    result = run_analysis(experiments, metric=metric, mode=mode, out=out)
+    for line in result.warnings:
+        typer.echo(f"warning: {line}", err=True)
+    if fmt == "json":
+        typer.echo(rankings_json(result.rankings))
+        return
+    from rich.console import Console
+
+    Console().print(rankings_table(result.rankings, result.metric))
+    typer.echo(f"report: {result.out_dir / 'report.md'}")
 
 
 def main() -> None:

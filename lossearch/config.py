@@ -79,7 +79,7 @@ class OptimConfig(_Section):
 
 class EvalConfig(_Section):
     batch_size: int = Field(default=64, ge=1)
-    max_new_tokens: int = Field(default=24, ge=1)
+    max_new_tokens: int = Field(default=40, ge=1)
     every_epochs: int = Field(default=1, ge=1)
 
 

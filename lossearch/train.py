@@ -146,9 +146,9 @@ def train_epoch(
             rep.optimizer.zero_grad(set_to_none=True)
         n_tokens += int(batch["attention_mask"].sum())
         n_steps += 1
-        totals["loss"] = totals.get("loss", 0.0) + float(out.total)
+        totals["loss"] = totals.get("loss", 0.0) + float(out.total.detach())
         for name, value in out.components.items():
-            totals[f"loss.{name}"] = totals.get(f"loss.{name}", 0.0) + float(value)
+            totals[f"loss.{name}"] = totals.get(f"loss.{name}", 0.0) + float(value.detach())
     elapsed = max(time.perf_counter() - t0, 1e-9)
     stats = {k: v / max(n_steps, 1) for k, v in totals.items()}
     stats["tokens_per_s"] = n_tokens * world / elapsed

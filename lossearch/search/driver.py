@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import os
 import time
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -94,6 +94,8 @@ def _scheduler(kind: str, meta: dict[str, Any]) -> Any:
     max_t = int(meta["base_config"]["optim"]["epochs"])
     return ASHAScheduler(
         time_attr="epoch",
+        metric=meta["metric"],
+        mode=meta["mode"],
         max_t=max(max_t, 1),
         grace_period=int(meta["asha"]["grace_period"]),
         reduction_factor=float(meta["asha"]["reduction_factor"]),
@@ -147,9 +149,9 @@ def run_search(
     space: str | Path | dict[str, Any],
     *,
     num_samples: int | None = None,
-    max_concurrent: int = 2,
-    seeds: int = 1,
-    scheduler: str = "asha",
+    max_concurrent: int | None = None,
+    seeds: int | None = None,
+    scheduler: str | None = None,
     metric: str | None = None,
     mode: str | None = None,
     address: str | None = None,
@@ -166,7 +168,7 @@ def run_search(
 
     ``overrides`` (``["optim.epochs=2"]``) apply to the space's base config. The search
     optimises ``metric`` (default: the space's, else ``exact_match``) averaged over ``seeds``
-    seeds per trial.
+    seeds per trial. Arguments left as None take the space file's ``search:`` settings.
     """
     from lossearch.config import apply_overrides, validate
     from lossearch.search.space import load_space
@@ -174,11 +176,14 @@ def run_search(
     sp = load_space(space)
     base = apply_overrides(sp.base, overrides or [])
     base_cfg = validate(base)  # the base must be a valid training config on its own
+    settings = sp.settings
+    seeds = seeds or settings.get("num_seeds") or 1
+    max_concurrent = max_concurrent or settings.get("max_concurrent") or 2
+    scheduler = scheduler or settings.get("scheduler") or "asha"
     if seeds < 1:
         raise LossearchError("--seeds must be at least 1")
     if max_concurrent < 1:
         raise LossearchError("--max-concurrent must be at least 1")
-    settings = sp.settings
     metric = metric or settings.get("metric") or "exact_match"
     mode = mode or settings.get("mode") or "max"
     if mode not in ("max", "min"):
@@ -231,12 +236,15 @@ def _build_tuner(
     from ray.tune.search import ConcurrencyLimiter
     from ray.tune.search.optuna import OptunaSearch
 
-    searcher = OptunaSearch(space=sp.define_by_run, sampler=sp.make_sampler(meta["sampler_seed"]))
+    searcher = OptunaSearch(
+        space=sp.with_seeds(meta["seeds"]).define_by_run,
+        metric=meta["metric"],
+        mode=meta["mode"],
+        sampler=sp.make_sampler(meta["sampler_seed"]),
+    )
     return tune.Tuner(
         _trainable(meta, exp_path),
         tune_config=tune.TuneConfig(
-            metric=meta["metric"],
-            mode=meta["mode"],
             search_alg=ConcurrencyLimiter(searcher, max_concurrent=meta["max_concurrent"]),
             scheduler=_scheduler(meta["scheduler"], meta),
             num_samples=meta["num_samples"],

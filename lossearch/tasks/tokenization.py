@@ -113,9 +113,8 @@ def tokenize(
             tail = tail[: max_length - len(head)]
             truncated += 1
         ids = head + tail
-        features.append(
-            {"input_ids": ids, "labels": list(ids), "answer_mask": [0] * len(head) + [1] * len(tail)}
-        )
+        mask = [0] * len(head) + [1] * len(tail)
+        features.append({"input_ids": ids, "labels": list(ids), "answer_mask": mask})
     stats = TruncationStats(
         total=len(examples), kept=len(features), truncated=truncated, dropped=dropped,
         max_length=max_length,

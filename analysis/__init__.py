@@ -1,0 +1,38 @@
+"""Analysis of lossearch experiments: tidy frames in, tidy frames (and figures) out.
+
+Flow: :func:`load_trials` / :func:`load_history` read Ray Tune experiment directories;
+:func:`rank_losses`, :func:`parameter_importance` and :func:`rank_agreement` answer one
+question each; :mod:`analysis.plots` draws; :func:`run_analysis` writes everything for
+``lossearch analyze``.
+"""
+
+from analysis.agreement import rank_agreement
+from analysis.importance import parameter_importance
+from analysis.load import PartialExperimentWarning, load_history, load_trials, metric_mode
+from analysis.plots import (
+    plot_family_bars,
+    plot_learning_curves,
+    plot_metric_vs_lr,
+    plot_optimization_history,
+)
+from analysis.rank import best_configurations, configurations, rank_losses
+from analysis.report import Analysis, markdown_table, run_analysis
+
+__all__ = [
+    "Analysis",
+    "PartialExperimentWarning",
+    "best_configurations",
+    "configurations",
+    "load_history",
+    "load_trials",
+    "markdown_table",
+    "metric_mode",
+    "parameter_importance",
+    "plot_family_bars",
+    "plot_learning_curves",
+    "plot_metric_vs_lr",
+    "plot_optimization_history",
+    "rank_agreement",
+    "rank_losses",
+    "run_analysis",
+]

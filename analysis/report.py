@@ -1,0 +1,322 @@
+"""``lossearch analyze``: load experiments, rank, plot, and write the files and ``report.md``.
+
+:func:`run_analysis` does the work and returns an :class:`Analysis`; it prints nothing.
+:func:`rankings_table` and :func:`rankings_json` turn the rankings into what the CLI prints.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from os import PathLike
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from analysis.agreement import rank_agreement
+from analysis.importance import parameter_importance
+from analysis.load import (
+    experiment_name,
+    is_uri,
+    load_history,
+    load_trials,
+    metric_mode,
+    read_search_settings,
+)
+from analysis.plots import (
+    plot_family_bars,
+    plot_learning_curves,
+    plot_metric_vs_lr,
+    plot_optimization_history,
+)
+from analysis.rank import RANK_COLUMNS, check_mode, metric_column, rank_losses
+from lossearch.errors import LossearchError
+
+DEFAULT_METRIC = "exact_match"
+GROUP = ("task", "model")
+
+
+@dataclass
+class Analysis:
+    """What :func:`run_analysis` computed and wrote.
+
+    ``files`` maps a short name (``"trials.parquet"``, ``"bars"`` ...) to the written path;
+    ``notes`` says what was skipped and why; ``warnings`` holds the loaders' warnings
+    (partial experiments) so that the caller decides how to show them.
+    """
+
+    out_dir: Path
+    metric: str
+    mode: str
+    trials: pd.DataFrame
+    history: pd.DataFrame
+    rankings: pd.DataFrame
+    importance: pd.DataFrame | None = None
+    agreement: dict[str, pd.DataFrame] = field(default_factory=dict)
+    files: dict[str, Path] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+def default_out_dir(first: str | PathLike[str]) -> Path:
+    """``<EXP>/analysis`` for a local experiment, ``./analysis-<name>`` for a storage URI."""
+    if is_uri(first):
+        return Path.cwd() / f"analysis-{experiment_name(first)}"
+    return Path(first).expanduser().resolve() / "analysis"
+
+
+# --------------------------------------------------------------------------- formatting
+
+
+def _cell(value: Any, floatfmt: str) -> str:
+    if value is None or value is pd.NA:
+        return ""
+    if isinstance(value, float):
+        return "" if math.isnan(value) else format(value, floatfmt)
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def markdown_table(frame: pd.DataFrame, floatfmt: str = ".4g") -> str:
+    """A GitHub-flavoured markdown table of ``frame`` (no index); NaN/None become empty cells.
+
+    Numbers are right-aligned, floats formatted with ``floatfmt``; ``|`` in text is escaped.
+    """
+    columns = [str(c) for c in frame.columns]
+    numeric = [pd.api.types.is_numeric_dtype(frame[c]) for c in frame.columns]
+    lines = [
+        "| " + " | ".join(c.replace("|", "\\|") for c in columns) + " |",
+        "|" + "|".join("---:" if num else "---" for num in numeric) + "|",
+    ]
+    for row in frame.itertuples(index=False):
+        lines.append("| " + " | ".join(_cell(v, floatfmt) for v in row) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def rankings_table(rankings: pd.DataFrame, metric: str = DEFAULT_METRIC) -> Any:
+    """A :class:`rich.table.Table` of :func:`analysis.rank.rank_losses` output (for printing)."""
+    from rich.table import Table
+
+    table = Table(title=f"Loss families ranked by {metric}")
+    keys = [c for c in rankings.columns if c not in RANK_COLUMNS]
+    for key in keys:
+        table.add_column(key)
+    table.add_column("rank", justify="right")
+    table.add_column("loss")
+    table.add_column("best", justify="right")
+    table.add_column("mean", justify="right")
+    table.add_column("std", justify="right")
+    table.add_column("n", justify="right")
+    table.add_column("vs CE", justify="right")
+    table.add_column("p", justify="right")
+    for row in rankings.itertuples(index=False):
+        r = row._asdict()
+        imp = r["improvement_vs_ce_pct"]
+        p = r["p_value"]
+        table.add_row(
+            *[_cell(r[k], ".4g") for k in keys],
+            str(r["rank"]),
+            str(r["loss"]),
+            f"{r['best']:.4f}",
+            f"{r['mean']:.4f}",
+            "" if math.isnan(r["std"]) else f"{r['std']:.4f}",
+            str(r["n"]),
+            "" if math.isnan(imp) else f"{imp:+.2f}%",
+            "" if math.isnan(p) else f"{p:.3g}",
+        )
+    return table
+
+
+def rankings_json(rankings: pd.DataFrame) -> str:
+    """The rankings as a JSON list of objects, one per row; NaN becomes ``null``."""
+    return json.dumps(json.loads(rankings.to_json(orient="records", double_precision=15)), indent=2)
+
+
+# --------------------------------------------------------------------------- the analysis
+
+
+def _resolve_metric(
+    paths: Sequence[str | PathLike[str]], metric: str | None, mode: str | None
+) -> tuple[str, str]:
+    settings = read_search_settings(paths[0])
+    chosen = metric or settings.get("metric") or DEFAULT_METRIC
+    if mode is None:
+        mode = metric_mode(
+            chosen, search_metric=settings.get("metric"), search_mode=settings.get("mode")
+        )
+    return str(chosen), check_mode(mode)
+
+
+def run_analysis(
+    paths: Sequence[str | PathLike[str]],
+    metric: str | None = None,
+    mode: str | None = None,
+    out: str | PathLike[str] | None = None,
+) -> Analysis:
+    """Load the experiments, rank the families, draw the figures, write every file.
+
+    ``metric`` and ``mode`` default to the first experiment's search metric and mode (from
+    ``lossearch_search.yaml``), else ``exact_match`` with :func:`analysis.load.metric_mode`.
+    ``out`` defaults to :func:`default_out_dir` of the first path.
+
+    Writes into ``out``: ``trials.parquet``, ``trials.csv``, ``history.csv``,
+    ``rankings.csv``, ``importance.csv`` and ``agreement_<across>.csv`` when computable,
+    ``bars.png``, ``metric_vs_lr.png``, ``history.png``, ``learning_curves.png`` when there
+    is something to draw, and ``report.md`` linking those that were written.
+
+    Raises:
+        LossearchError: a path that is not an experiment, an unknown metric, a bad mode.
+    """
+    if not paths:
+        raise LossearchError("no experiment given")
+    paths = list(paths)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trials = load_trials(paths)
+        history = load_history(paths)
+    seen: dict[str, None] = {}
+    for w in caught:
+        seen.setdefault(str(w.message), None)
+    metric, mode = _resolve_metric(paths, metric, mode)
+    if not trials.empty:
+        metric_column(trials, metric)  # an unknown metric is a user error
+    out_dir = Path(out).expanduser().resolve() if out is not None else default_out_dir(paths[0])
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    result = Analysis(
+        out_dir=out_dir,
+        metric=metric,
+        mode=mode,
+        trials=trials,
+        history=history,
+        rankings=pd.DataFrame(),
+        warnings=list(seen),
+    )
+    files = result.files
+    trials.to_parquet(out_dir / "trials.parquet", index=False)
+    files["trials.parquet"] = out_dir / "trials.parquet"
+    trials.to_csv(out_dir / "trials.csv", index=False)
+    files["trials.csv"] = out_dir / "trials.csv"
+    history.to_csv(out_dir / "history.csv", index=False)
+    files["history.csv"] = out_dir / "history.csv"
+
+    if trials.empty:
+        result.rankings = pd.DataFrame(columns=[*GROUP, *RANK_COLUMNS])
+        result.notes.append("no trials with results yet: nothing to rank")
+    else:
+        result.rankings = rank_losses(trials, metric, by=GROUP, mode=mode)
+    result.rankings.to_csv(out_dir / "rankings.csv", index=False)
+    files["rankings.csv"] = out_dir / "rankings.csv"
+
+    if not trials.empty:
+        try:
+            result.importance = parameter_importance(trials, metric, mode)
+            result.importance.to_csv(out_dir / "importance.csv", index=False)
+            files["importance.csv"] = out_dir / "importance.csv"
+        except LossearchError as e:
+            result.notes.append(f"parameter importance not computed: {e}")
+        for across in ("model", "task"):
+            if trials[across].nunique() > 1:
+                table = rank_agreement(trials, metric, across=across, mode=mode)
+                result.agreement[across] = table
+                name = f"agreement_{across}.csv"
+                table.to_csv(out_dir / name, index=False)
+                files[name] = out_dir / name
+
+        figures = {
+            "bars": lambda p: plot_family_bars(result.rankings, p, metric),
+            "metric_vs_lr": lambda p: plot_metric_vs_lr(trials, p, metric),
+            "history": lambda p: plot_optimization_history(trials, p, metric, mode),
+            "learning_curves": lambda p: plot_learning_curves(trials, history, p, metric, mode),
+        }
+        for name, draw in figures.items():
+            try:
+                files[name] = draw(out_dir / f"{name}.png")
+            except LossearchError as e:
+                result.notes.append(f"{name}.png not drawn: {e}")
+
+    report = out_dir / "report.md"
+    report.write_text(render_report(result))
+    files["report.md"] = report
+    return result
+
+
+_FIGURE_TITLES = {
+    "bars": "Mean per loss family (best configuration, seed std; dashed: CE)",
+    "metric_vs_lr": "Metric against learning rate",
+    "history": "Optimisation history (running best)",
+    "learning_curves": "Learning curves of the best trial per family",
+}
+
+
+def render_report(result: Analysis) -> str:
+    """The markdown of ``report.md``: tables plus links to the figures that exist on disk."""
+    trials = result.trials
+    parts = ["# Loss search analysis\n"]
+    names = sorted(trials["experiment"].dropna().unique()) if len(trials) else []
+    parts.append(
+        f"Experiments: {', '.join(f'`{n}`' for n in names) or '(none with results)'}  \n"
+        f"Metric: `best.{result.metric}` ({result.mode} is better)  \n"
+        f"Rows: {len(trials)} training runs from "
+        f"{trials[['experiment', 'trial_id']].drop_duplicates().shape[0] if len(trials) else 0} "
+        "trials\n"
+    )
+    if len(trials):
+        counts = (
+            trials.drop_duplicates(["experiment", "trial_id"])["status"]
+            .value_counts()
+            .rename_axis("status")
+            .reset_index(name="trials")
+        )
+        parts.append("## Trials\n\n" + markdown_table(counts))
+
+    parts.append(
+        "## Ranking\n\nPer task and model, each family's best configuration (best mean over "
+        "seeds); `improvement_vs_ce_pct` is relative to CE's best configuration, positive = "
+        "better; `p_value` is Welch's t-test against CE across seeds (two-sided). Errored "
+        "and running trials are excluded.\n\n"
+    )
+    parts.append(markdown_table(result.rankings) if len(result.rankings) else "(nothing to rank)\n")
+
+    figures = [
+        (name, path)
+        for name, path in result.files.items()
+        if name in _FIGURE_TITLES and Path(path).is_file()
+    ]
+    if figures:
+        parts.append("## Figures\n")
+        for name, path in figures:
+            rel = (
+                Path(path).relative_to(result.out_dir).as_posix()
+                if Path(path).is_relative_to(result.out_dir)
+                else Path(path).as_posix()
+            )
+            parts.append(f"### {_FIGURE_TITLES[name]}\n\n![{name}]({rel})\n")
+
+    if result.importance is not None and len(result.importance):
+        parts.append("## Parameter importance\n\nOptuna PED-ANOVA on the rebuilt study.\n\n")
+        parts.append(markdown_table(result.importance, floatfmt=".3f"))
+    for across, table in result.agreement.items():
+        parts.append(
+            f"## Rank agreement across {across}\n\nKendall's tau between the family rankings "
+            f"of each pair of {across}s.\n\n" + markdown_table(table, floatfmt=".3f")
+        )
+    if len(trials):
+        errored = trials[trials["status"] == "errored"].drop_duplicates(["experiment", "trial_id"])
+        if len(errored):
+            parts.append(
+                "## Errored trials\n\n"
+                + markdown_table(errored[["experiment", "trial_id", "loss", "epochs", "error"]])
+            )
+    if result.notes or result.warnings:
+        parts.append(
+            "## Notes\n\n" + "".join(f"- {n}\n" for n in [*result.warnings, *result.notes])
+        )
+    data_files = [
+        n for n, p in result.files.items() if n not in _FIGURE_TITLES and Path(p).is_file()
+    ]
+    parts.append("## Files\n\n" + "".join(f"- [{n}]({n})\n" for n in [*data_files]))
+    return "\n".join(parts)

@@ -1,0 +1,111 @@
+"""The composite training loss: a weighted sum of registered losses on one log-softmax."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, NamedTuple
+
+import torch
+from torch import Tensor
+
+from lossearch.losses import _functional
+from lossearch.losses.cross_entropy import cross_entropy_from_log_probs
+from lossearch.losses.registry import LOSSES, loss_family, normalize_spec
+
+IGNORE_INDEX = -100
+
+
+class LossOutput(NamedTuple):
+    """``total``: the scalar to backpropagate. ``components``: each positively weighted
+    component's unweighted value (detached, for logging), so that
+    ``total == sum(weight[name] * components[name])``."""
+
+    total: Tensor
+    components: dict[str, Tensor]
+
+
+class CompositeLoss(torch.nn.Module):
+    """Weighted sum of losses for next-token prediction, built from a loss spec.
+
+    ``forward(logits [B, L, V], labels [B, L], answer_mask [B, L]) -> LossOutput``.
+
+    1. Shift: position ``i`` predicts ``labels[:, i + 1]``; the last position is dropped.
+    2. Select tokens: *supervised* tokens have a label other than -100; *answer* tokens
+       are supervised tokens with ``answer_mask == 1`` (after the same shift).
+    3. One log-softmax (float32) over the selected rows, answer rows first, so the answer
+       rows are a slice (a view) of the same tensor. This is the only ``[N, V]`` pass that
+       all components share.
+    4. CE (``"ce"``) uses every supervised row with ``ce_scope: sequence`` (the paper's
+       choice) or the answer rows with ``ce_scope: answer``; every other component uses
+       the answer rows. Each loss is a mean over its rows. Components with weight 0 are
+       not computed.
+
+    A batch with no answer tokens gives 0 for the answer-only components (gradient 0).
+    ``gdice`` with ``batch: false`` pools per sequence of the batch.
+
+    Args:
+        spec: a loss spec, raw or normalised (see :func:`~lossearch.losses.normalize_spec`).
+    """
+
+    def __init__(self, spec: Mapping[str, Any]) -> None:
+        super().__init__()
+        self.spec = normalize_spec(spec)
+        self.ce_scope: str = self.spec["ce_scope"]
+        self.family = loss_family(self.spec)
+        self.weights = {
+            k: v["weight"] for k, v in self.spec.items() if k != "ce_scope" and v["weight"] > 0
+        }
+        self._params = {
+            k: {p: x for p, x in self.spec[k].items() if p != "weight"} for k in self.weights
+        }
+
+    def extra_repr(self) -> str:
+        return f"spec={self.spec}"
+
+    def forward(self, logits: Tensor, labels: Tensor, answer_mask: Tensor) -> LossOutput:
+        if logits.dim() != 3:
+            raise ValueError(f"logits must be [B, L, V], got shape {tuple(logits.shape)}")
+        b, length, v = logits.shape
+        for name, t in (("labels", labels), ("answer_mask", answer_mask)):
+            if t.shape != (b, length):
+                raise ValueError(f"{name} must be [B, L] = [{b}, {length}], got {list(t.shape)}")
+        targets = labels[:, 1:]
+        supervised = targets != IGNORE_INDEX
+        answer = supervised & answer_mask[:, 1:].bool()
+        ce_on_sequence = "ce" in self.weights and self.ce_scope == "sequence"
+
+        # positions (b, i) of the predicting logits, answer tokens first
+        positions = [answer.nonzero()]
+        if ce_on_sequence:
+            positions.append((supervised & ~answer).nonzero())
+        pos = torch.cat(positions)
+        n_answer = positions[0].shape[0]
+        rows = pos[:, 0] * length + pos[:, 1]
+        target = targets[pos[:, 0], pos[:, 1]].long()
+        log_probs = _functional.log_softmax(logits.reshape(b * length, v).index_select(0, rows))
+        answer_log_probs, answer_target = log_probs[:n_answer], target[:n_answer]
+        seq_ids = pos[:n_answer, 0]
+
+        total = log_probs.new_zeros(())
+        values: dict[str, Tensor] = {}
+        for name, weight in self.weights.items():
+            if name == "ce":
+                if ce_on_sequence:
+                    value = cross_entropy_from_log_probs(log_probs, target)
+                else:
+                    value = cross_entropy_from_log_probs(answer_log_probs, answer_target)
+            else:
+                info = LOSSES[name]
+                extra = {"seq_ids": seq_ids} if info.per_sequence else {}
+                value = info.from_log_probs(
+                    answer_log_probs, answer_target, **self._params[name], **extra
+                )
+            total = total + weight * value
+            values[name] = value.detach()
+        return LossOutput(total, values)
+
+
+def build_loss(spec: Mapping[str, Any]) -> CompositeLoss:
+    """Build the composite loss from a raw or normalised loss spec (see
+    :class:`CompositeLoss`); raises ``LossearchError`` for an invalid spec."""
+    return CompositeLoss(spec)

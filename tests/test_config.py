@@ -1,0 +1,67 @@
+"""The training config: defaults, YAML + overrides, and one-line errors naming the key."""
+
+from __future__ import annotations
+
+import pytest
+
+from lossearch.config import apply_overrides, dump_config, load_config, read_yaml
+from lossearch.errors import LossearchError
+
+
+def test_defaults_are_complete_and_round_trip(tmp_path):
+    cfg = load_config()
+    assert cfg.task.name == "arith" and cfg.model.name_or_path == "tiny"
+    assert cfg.loss["ce"]["weight"] == 1.0 and cfg.loss["ce_scope"] == "sequence"
+    dump_config(cfg, tmp_path / "c.yaml")
+    assert load_config(tmp_path / "c.yaml") == cfg
+
+
+def test_minimal_yaml_with_overrides(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("task: {name: arith}\nmodel: {name_or_path: tiny}\nloss: {ce: 0.6, focal: 0.4}\n"
+                    "seed: 3\n")
+    cfg = load_config(path, ["optim.lr=3e-4", "loss.focal.gamma=1", "eval.max_new_tokens=40"])
+    assert cfg.seed == 3 and cfg.optim.lr == pytest.approx(3e-4)
+    assert cfg.loss["focal"] == {**cfg.loss["focal"], "weight": 0.4, "gamma": 1}
+    assert cfg.eval.max_new_tokens == 40
+
+
+def test_paper_defaults_for_lora_and_losses():
+    cfg = load_config(overrides={"model.lora": {}, "loss": {"ce": 0.5, "focal": 0.2, "sadl": 0.3}})
+    assert (cfg.model.lora.r, cfg.model.lora.alpha, cfg.model.lora.dropout) == (8, 16, 0.05)
+    assert cfg.loss["focal"]["gamma"] == 2.0
+    assert (cfg.loss["sadl"]["alpha"], cfg.loss["sadl"]["gamma"]) == (1.0, 1.0)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "needle"),
+    [
+        (["optim.lrr=1"], "optim.lrr"),
+        (["optim.lr=-1"], "optim.lr"),
+        (["task.max_length=abc"], "task.max_length"),
+        (["scaling.num_workers=0"], "scaling.num_workers"),
+        (["loss.focal.gamma=-1"], "gamma"),
+        (["loss.nosuchloss=1"], "nosuchloss"),
+        (["loss.ce=0"], "loss"),
+        (["optim.lr"], "key=value"),
+    ],
+)
+def test_bad_values_name_the_key(overrides, needle):
+    with pytest.raises(LossearchError) as err:
+        load_config(overrides=overrides)
+    msg = str(err.value)
+    assert needle in msg and "\n" not in msg
+
+
+def test_malformed_and_missing_yaml(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("task: [unclosed\n")
+    with pytest.raises(LossearchError, match="malformed YAML"):
+        read_yaml(bad)
+    with pytest.raises(LossearchError, match="file not found"):
+        read_yaml(tmp_path / "nope.yaml")
+
+
+def test_override_scalar_loss_weight_becomes_section():
+    tree = apply_overrides({"loss": {"focal": 0.4}}, ["loss.focal.gamma=3"])
+    assert tree["loss"]["focal"] == {"weight": 0.4, "gamma": 3}

@@ -1,0 +1,522 @@
+"""The search-space compiler: YAML -> Optuna define-by-run function, samplers, trial configs."""
+
+from __future__ import annotations
+
+import copy
+import pickle
+import sys
+import types
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+
+from lossearch.config import TrainConfig
+from lossearch.errors import LossearchError
+from lossearch.search import space as space_mod
+from lossearch.search.space import (
+    GridPointSampler,
+    SearchSpace,
+    family_of,
+    load_space,
+    trial_to_config,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+SPACES = ROOT / "search_spaces"
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+# What each family carries besides loss.family / weights, in the shipped quick.yaml.
+QUICK_FAMILY_PARAMS = {
+    "ce": set(),
+    "focal": {"loss.focal.gamma"},
+    "lovasz": set(),
+    "gdice": set(),
+    "sadl": set(),
+    "tversky": {"loss.tversky.alpha", "loss.tversky.beta"},
+    "poly1": {"loss.poly1.epsilon"},
+}
+
+
+def _stub_normalize_spec(spec: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, value in spec.items():
+        if name == "ce_scope":
+            out[name] = value
+        elif isinstance(value, (int, float)):
+            out[name] = {"weight": float(value)}
+        elif isinstance(value, dict):
+            out[name] = dict(value)
+        else:
+            raise ValueError(f"loss component '{name}': bad value")
+    out.setdefault("ce_scope", "sequence")
+    return out
+
+
+@pytest.fixture
+def losses(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``lossearch.losses.normalize_spec``: the real one when it has landed, else a stub."""
+    try:
+        from lossearch.losses import normalize_spec  # noqa: F401
+    except ImportError:
+        stub = types.ModuleType("lossearch.losses")
+        stub.normalize_spec = _stub_normalize_spec  # type: ignore[attr-defined]
+        monkeypatch.setitem(sys.modules, "lossearch.losses", stub)
+
+
+@pytest.fixture
+def names_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Force the check of loss parameter names used while lossearch.losses is missing."""
+    monkeypatch.setattr(space_mod, "_normalize_spec_available", lambda: False)
+
+
+def _run(sp: SearchSpace, n: int, seed: int = 0, tell: bool = True) -> list[dict[str, Any]]:
+    """Ask ``n`` trials (as Ray's OptunaSearch does); returns the flat configs."""
+    study = optuna.create_study(sampler=sp.make_sampler(seed), direction="maximize")
+    flats = []
+    trials = []
+    for i in range(n):
+        trial = study.ask()
+        flat = sp.define_by_run(trial)
+        # every suggested value is in the returned config, with the same value
+        assert {k: flat[k] for k in trial.params} == trial.params
+        flats.append(flat)
+        trials.append(trial)
+        if tell:
+            study.tell(trial, float(i % 3))
+    if not tell:
+        for trial in trials:
+            study.tell(trial, 1.0)
+    return flats
+
+
+def _minimal(**space: Any) -> dict[str, Any]:
+    return {"space": {"loss.family": {"choices": ["ce", "focal"]}, **space}}
+
+
+# --------------------------------------------------------------------------- shipped files
+
+
+@pytest.mark.parametrize("name", ["quick", "paper", "gsm8k"])
+def test_shipped_spaces_compile(name: str) -> None:
+    sp = load_space(SPACES / f"{name}.yaml")
+    assert sp.raw["space"]
+    assert sp.settings["metric"] == "exact_match" and sp.settings["mode"] == "max"
+    assert "ce" in sp.family_names
+
+
+@pytest.mark.parametrize("name", ["quick", "paper", "gsm8k"])
+def test_shipped_spaces_pass_the_loss_schema(name: str, losses: None) -> None:
+    """With lossearch.losses (real or stub), every probe's loss goes through normalize_spec."""
+    assert space_mod._normalize_spec_available()
+    load_space(SPACES / f"{name}.yaml")
+
+
+@pytest.mark.parametrize("name", ["quick", "paper", "gsm8k"])
+def test_shipped_spaces_pass_the_name_check(name: str, names_only: None) -> None:
+    load_space(SPACES / f"{name}.yaml")
+
+
+def test_quick_is_the_cpu_demo() -> None:
+    sp = load_space(SPACES / "quick.yaml")
+    assert sp.base["task"]["name"] == "arith"
+    assert sp.base["model"]["name_or_path"] == "tiny"
+    assert sp.sampler == "tpe"
+    assert sp.settings["num_samples"] == 6
+    assert set(sp.family_names) == set(space_mod.LOSS_FAMILIES)
+
+
+def test_paper_has_the_papers_settings() -> None:
+    sp = load_space(SPACES / "paper.yaml", ["model.name_or_path=/models/llama"])
+    b = sp.base
+    assert b["task"]["name"] == "gsm8k"
+    assert b["model"]["name_or_path"] == "/models/llama"
+    assert b["model"]["dtype"] == "float16"
+    assert b["model"]["lora"] == {"r": 8, "alpha": 16, "dropout": 0.05, "target_modules": "auto"}
+    o = b["optim"]
+    assert (o["lr"], o["weight_decay"], o["warmup_steps"], o["epochs"], o["batch_size"]) == (
+        1e-5,
+        0.01,
+        500,
+        10,
+        2,
+    )
+    assert sp.sampler == "grid" and sp.settings["scheduler"] == "fifo"
+
+
+# --------------------------------------------------------------------------- conditional keys
+
+
+@pytest.mark.parametrize("sampler", ["tpe", "random"])
+def test_conditional_parameters_appear_exactly_where_they_apply(sampler: str) -> None:
+    raw = space_mod.read_yaml(SPACES / "quick.yaml")
+    raw["search"]["sampler"] = sampler
+    sp = load_space(raw)
+    flats = _run(sp, 30)
+    seen = set()
+    for flat in flats:
+        fam = family_of(flat)
+        seen.add(fam)
+        expected = {"loss.family", "optim.lr", "eval.max_new_tokens"} | QUICK_FAMILY_PARAMS[fam]
+        if fam != "ce":
+            expected |= {"loss.ce.weight", f"loss.{fam}.weight"}
+            w = flat["loss.ce.weight"]
+            assert 0.0 <= w <= 0.9
+            assert flat[f"loss.{fam}.weight"] == pytest.approx(1 - w)
+        assert set(flat) == expected, fam
+        assert set(flat) == sp.keys_for(fam)
+        assert 1e-3 <= flat["optim.lr"] <= 1e-2
+        assert flat["eval.max_new_tokens"] == 24
+        if fam == "focal":
+            assert 0.5 <= flat["loss.focal.gamma"] <= 4.0
+    assert len(seen) >= 4  # 30 trials visit most of the 7 families
+
+
+def test_family_block_overrides_top_level_and_fixed_family() -> None:
+    sp = load_space(
+        {
+            "space": {
+                "loss.family": {
+                    "choices": {
+                        "ce": {"optim.lr": 0.01},  # fixed for ce only
+                        "focal": {"loss.ce.weight": 0.5},
+                        "tversky": None,
+                    }
+                },
+                "loss.ce.weight": {"low": 0.1, "high": 0.2},
+                "loss.tversky.alpha": 0.3,  # top-level family parameter: only under tversky
+                "optim.lr": {"choices": [0.001, 0.002]},
+            }
+        }
+    )
+    for flat in _run(sp, 20):
+        fam = flat["loss.family"]
+        if fam == "ce":
+            assert flat["optim.lr"] == 0.01 and "loss.ce.weight" not in flat
+        elif fam == "focal":
+            assert flat["loss.ce.weight"] == 0.5 and flat["optim.lr"] in (0.001, 0.002)
+        else:
+            assert 0.1 <= flat["loss.ce.weight"] <= 0.2 and flat["loss.tversky.alpha"] == 0.3
+        assert ("loss.tversky.alpha" in flat) == (fam == "tversky")
+
+    fixed = load_space({"space": {"loss.family": "focal", "loss.focal.gamma": 1.5}})
+    (flat,) = _run(fixed, 1)
+    assert flat == {"loss.family": "focal", "loss.focal.weight": 1.0, "loss.focal.gamma": 1.5}
+
+
+def test_int_log_step_and_categorical_calls() -> None:
+    sp = load_space(
+        _minimal(
+            **{
+                "model.lora.r": {"low": 4, "high": 16, "step": 4, "type": "int"},
+                "optim.batch_size": {"low": 8, "high": 64, "log": True, "type": "int"},
+                "optim.warmup_steps": {"choices": [0, 10]},
+                "model.lora.dropout": {"low": 0.0, "high": 0.2, "step": 0.05},
+            }
+        )
+    )
+    study = optuna.create_study(sampler=sp.make_sampler(1))
+    for _ in range(10):
+        t = study.ask()
+        flat = sp.define_by_run(t)
+        study.tell(t, 0.0)
+        assert flat["model.lora.r"] in (4, 8, 12, 16)
+        assert isinstance(flat["optim.batch_size"], int) and 8 <= flat["optim.batch_size"] <= 64
+        assert flat["optim.warmup_steps"] in (0, 10)
+    dists = study.trials[0].distributions
+    assert dists["model.lora.r"] == optuna.distributions.IntDistribution(4, 16, step=4)
+    assert dists["optim.batch_size"] == optuna.distributions.IntDistribution(8, 64, log=True)
+    assert dists["model.lora.dropout"] == optuna.distributions.FloatDistribution(0, 0.2, step=0.05)
+    assert dists["loss.family"] == optuna.distributions.CategoricalDistribution(["ce", "focal"])
+
+
+# --------------------------------------------------------------------------- samplers
+
+
+def test_samplers_selectable() -> None:
+    def sampler_of(kind: str) -> optuna.samplers.BaseSampler:
+        raw = _minimal(**{"optim.lr": {"choices": [0.1, 0.2]}})
+        raw["search"] = {"sampler": kind}
+        return load_space(raw).make_sampler(3)
+
+    tpe = sampler_of("tpe")
+    assert isinstance(tpe, optuna.samplers.TPESampler)
+    assert tpe._multivariate and tpe._group  # the conditional-space settings
+    assert isinstance(sampler_of("random"), optuna.samplers.RandomSampler)
+    grid = sampler_of("grid")
+    assert isinstance(grid, GridPointSampler) and isinstance(grid, optuna.samplers.GridSampler)
+    assert load_space(_minimal()).sampler == "tpe"  # the default
+
+
+def _paper_table() -> set[tuple[str, float]]:
+    families = ["focal", "lovasz", "gdice", "sadl"]
+    return {("ce", 1.0)} | {(f, 0.0) for f in families} | {(f, 0.6) for f in families}
+
+
+def _as_row(flat: dict[str, Any]) -> tuple[str, float]:
+    fam = flat["loss.family"]
+    return (fam, 1.0) if fam == "ce" else (fam, flat["loss.ce.weight"])
+
+
+@pytest.mark.parametrize("tell", [True, False])
+def test_paper_grid_covers_the_table_exactly_once(tell: bool) -> None:
+    sp = load_space(SPACES / "paper.yaml")
+    n = len(_paper_table())
+    assert sp.settings["num_samples"] == n == len(sp.grid)
+    # tell=False: all points asked before any result, as with concurrent trials
+    flats = _run(sp, n, seed=7, tell=tell)
+    rows = [_as_row(f) for f in flats]
+    assert len(set(rows)) == n and set(rows) == _paper_table()
+    assert sorted(f["grid_point"] for f in flats) == list(range(n))
+    for f in flats:
+        assert ("loss.focal.gamma" in f) == (f["loss.family"] == "focal")
+        if f["loss.family"] == "focal":
+            assert f["loss.focal.gamma"] == 2.0
+        if f["loss.family"] != "ce":
+            assert f[f"loss.{f['loss.family']}.weight"] == pytest.approx(1 - f["loss.ce.weight"])
+
+
+def test_explicit_grid() -> None:
+    raw = {
+        "search": {"sampler": "grid"},
+        "space": {"optim.lr": 0.01},  # shared fixed value
+        "grid": [
+            {"loss.family": "ce"},
+            {"loss.family": "focal", "loss.ce.weight": 0.6, "loss.focal.gamma": 1.0},
+            {"loss.family": "focal", "loss.ce.weight": 0.6, "optim.lr": 0.02},
+        ],
+    }
+    sp = load_space(raw)
+    assert sp.settings["num_samples"] == 3 and sp.family_names == ("ce", "focal")
+    flats = sorted(_run(sp, 3), key=lambda f: f["grid_point"])
+    assert flats[0] == {"grid_point": 0, "loss.family": "ce", "optim.lr": 0.01}
+    assert flats[1]["loss.focal.weight"] == pytest.approx(0.4)
+    assert flats[1]["loss.focal.gamma"] == 1.0 and flats[2]["optim.lr"] == 0.02
+
+    dup = copy.deepcopy(raw)
+    dup["grid"].append({"loss.family": "ce"})
+    with pytest.raises(LossearchError, match=r"grid\[3\].*grid\[0\]"):
+        load_space(dup)
+    sampled = copy.deepcopy(raw)
+    sampled["space"]["optim.lr"] = {"low": 0.01, "high": 0.1}
+    with pytest.raises(LossearchError, match=r"space > optim.lr"):
+        load_space(sampled)
+    too_many = copy.deepcopy(raw)
+    too_many["search"]["num_samples"] = 4
+    with pytest.raises(LossearchError, match="num_samples"):
+        load_space(too_many)
+
+
+def test_grid_needs_fixed_or_categorical_values() -> None:
+    raw = _minimal(**{"optim.lr": {"low": 1e-4, "high": 1e-2, "log": True}})
+    raw["search"] = {"sampler": "grid"}
+    with pytest.raises(LossearchError, match="optim.lr"):
+        load_space(raw)
+
+
+# --------------------------------------------------------------------------- trial -> config
+
+
+BASE = {
+    "task": {"name": "arith"},
+    "loss": {"ce": 1.0, "lovasz": {"weight": 0.5}, "focal": {"gamma": 3.0}},
+    "optim": {"lr": 0.003},
+}
+
+
+def test_trial_to_config_mixed(losses: None) -> None:
+    flat = {
+        "loss.family": "focal",
+        "loss.ce.weight": 0.6,
+        "loss.focal.weight": 0.4,
+        "loss.focal.gamma": 2.0,
+        "optim.lr": 1e-3,
+        "model.lora.r": 4,
+        "seeds": [0, 1],
+        "grid_point": 3,
+    }
+    cfg = trial_to_config(BASE, flat)
+    assert isinstance(cfg, TrainConfig)
+    assert cfg.loss["ce"]["weight"] == 0.6
+    assert cfg.loss["focal"]["weight"] == 0.4 and cfg.loss["focal"]["gamma"] == 2.0
+    assert "lovasz" not in cfg.loss  # a base component that was not chosen
+    assert cfg.optim.lr == 1e-3 and cfg.model.lora is not None and cfg.model.lora.r == 4
+    assert BASE["loss"]["focal"] == {"gamma": 3.0}  # the base is not modified
+
+
+def test_trial_to_config_alone_and_ce(losses: None) -> None:
+    alone = trial_to_config(BASE, {"loss.family": "focal", "loss.ce.weight": 0.0})
+    assert "ce" not in alone.loss
+    assert alone.loss["focal"]["weight"] == 1.0 and alone.loss["focal"]["gamma"] == 3.0
+    no_mix = trial_to_config(BASE, {"loss.family": "lovasz", "loss.lovasz.weight": 1.0})
+    assert set(no_mix.loss) - {"ce_scope"} == {"lovasz"}
+    ce = trial_to_config(
+        {**BASE, "loss": {"ce": 1.0, "ce_scope": "sequence"}}, {"loss.family": "ce"}
+    )
+    assert ce.loss["ce"]["weight"] == 1.0 and ce.loss["ce_scope"] == "sequence"
+    assert set(ce.loss) == {"ce", "ce_scope"}
+
+
+def test_trial_to_config_errors(losses: None) -> None:
+    with pytest.raises(LossearchError, match="loss.tversky.alpha"):
+        trial_to_config(BASE, {"loss.family": "focal", "loss.tversky.alpha": 0.5})
+    with pytest.raises(LossearchError, match="optim.lr"):
+        trial_to_config(BASE, {"loss.family": "ce", "optim.lr": -1.0})
+    with pytest.raises(LossearchError, match="loss.family"):
+        family_of({"optim.lr": 0.1})
+    with pytest.raises(LossearchError, match="unknown loss family"):
+        trial_to_config(BASE, {"loss.family": "dice"})
+
+
+def test_sampled_trials_give_valid_configs(losses: None) -> None:
+    for name in ("quick", "gsm8k", "paper"):
+        sp = load_space(SPACES / f"{name}.yaml")
+        for flat in _run(sp, 12):
+            cfg = trial_to_config(sp.base, flat)
+            fam = family_of(flat)
+            weights = {k: v["weight"] for k, v in cfg.loss.items() if isinstance(v, dict)}
+            if fam == "ce":
+                assert weights == {"ce": 1.0}
+            else:
+                w = flat["loss.ce.weight"]
+                assert weights[fam] == pytest.approx(1 - w)
+                assert weights.get("ce", 0.0) == pytest.approx(w)
+                assert set(weights) <= {"ce", fam}
+
+
+def test_resolved_base_round_trip(losses: None) -> None:
+    """The driver passes the resolved base (TrainConfig.to_dict()) to trial_to_config."""
+    sp = load_space(SPACES / "quick.yaml")
+    base = trial_to_config(sp.base, {"loss.family": "ce"}).to_dict()
+    flat = {"loss.family": "tversky", "loss.ce.weight": 0.3, "loss.tversky.alpha": 0.2}
+    cfg = trial_to_config(base, flat)
+    assert cfg.loss["tversky"]["alpha"] == 0.2 and cfg.loss["ce"]["weight"] == 0.3
+
+
+# --------------------------------------------------------------------------- errors
+
+
+@pytest.mark.parametrize(
+    ("space", "match"),
+    [
+        ({"loss.family": {"choices": ["ce", "focl"]}}, r"choices > focl: unknown loss family"),
+        ({"loss.family": {"choices": {"ce": {}, "dice": {}}}}, r"choices > dice: unknown loss"),
+        ({"loss.family": "dice"}, r"space > loss.family: unknown loss family 'dice'"),
+        ({"loss.family": {"choices": []}}, r"space > loss.family: empty choice list"),
+        ({"optim.lr": {"log": True}}, r"space > optim.lr: no range"),
+        ({"optim.lr": {}}, r"space > optim.lr: no range"),
+        ({"optim.lr": {"choices": []}}, r"space > optim.lr: empty choice list"),
+        ({"optim.lr": {"low": 0.1, "high": 0.01}}, r"space > optim.lr: low \(0.1\) > high"),
+        ({"optim.lr": {"low": 0.0, "high": 0.1, "log": True}}, r"optim.lr: log needs low > 0"),
+        ({"optim.lr": {"low": 0.1}}, r"space > optim.lr: a range needs both"),
+        ({"optim.lr": {"lo": 0.1, "high": 1}}, r"space > optim.lr: unknown field 'lo'"),
+        ({"optim.lr": {"choices": [1, 1]}}, r"optim.lr: choice 1 is listed twice"),
+        ({"optim.lrr": {"low": 0.1, "high": 0.2}}, r"space > optim.lrr: .*unknown key"),
+        ({"optim.lr": {"low": -1.0, "high": 0.2}}, r"space > optim.lr: config key 'optim.lr'"),
+        ({"optim.epochs": {"low": 1, "high": 5}}, r"space > optim.epochs: .*type: int"),
+        ({"optim.epochs": {"low": 1, "high": 6, "step": 2, "type": "int"}}, r"does not divide"),
+        ({"loss.focl.gamma": 1.0}, r"space > loss.focl.gamma: unknown loss family 'focl'"),
+        ({"loss.tversky.alpha": 0.5}, r"'tversky' is not one of the loss.family choices"),
+        ({"loss.focal.weight": 0.5}, r"space > loss.focal.weight: .*derived"),
+        ({"loss.ce.weight": 1.0}, r"space > loss.ce.weight: the CE mixing weight"),
+        ({"loss.ce.weight": {"low": 0.0, "high": 1.5}}, r"loss.ce.weight: the CE mixing weight"),
+        ({"loss.focal": {"gamma": 1.0}}, r"space > loss.focal: choose loss components"),
+        ({"seeds": [1, 2]}, r"space > seeds: 'seeds' is reserved"),
+    ],
+)
+def test_malformed_spaces_name_the_key(space: dict[str, Any], match: str) -> None:
+    raw = _minimal()
+    raw["space"].update(space)
+    with pytest.raises(LossearchError, match=match):
+        load_space(raw)
+
+
+def test_family_block_errors() -> None:
+    def family_space(block: dict[str, Any]) -> dict[str, Any]:
+        return {"space": {"loss.family": {"choices": {"ce": {}, "focal": block}}}}
+
+    with pytest.raises(LossearchError, match=r"choices > focal > loss.tversky.alpha: .*'tversky'"):
+        load_space(family_space({"loss.tversky.alpha": 0.5}))
+    with pytest.raises(LossearchError, match=r"choices > focal > loss.focal.gamma: low"):
+        load_space(family_space({"loss.focal.gamma": {"low": 3.0, "high": 1.0}}))
+    ce_weight = {"space": {"loss.family": {"choices": {"ce": {"loss.ce.weight": 0.5}}}}}
+    with pytest.raises(LossearchError, match=r"choices > ce > loss.ce.weight: CE alone"):
+        load_space(ce_weight)
+    conflict = family_space({"optim.lr": {"choices": [0.1]}})
+    conflict["space"]["optim.lr"] = {"low": 0.01, "high": 0.1}
+    with pytest.raises(LossearchError, match=r"optim.lr: conflicts with"):
+        load_space(conflict)
+
+
+def test_unknown_loss_parameter_is_caught(names_only: None) -> None:
+    raw = {"space": {"loss.family": {"choices": {"ce": {}, "focal": {"loss.focal.gama": 2.0}}}}}
+    with pytest.raises(LossearchError, match=r"focal > loss.focal.gama: .*loss.focal.gama"):
+        load_space(raw)
+
+
+def test_file_level_errors(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("space:\n  loss.family: [ce\n")
+    with pytest.raises(LossearchError, match="malformed YAML"):
+        load_space(bad)
+    with pytest.raises(LossearchError, match="file not found"):
+        load_space(tmp_path / "missing.yaml")
+    with pytest.raises(LossearchError, match=r"^spaces: unknown top-level key"):
+        load_space({"spaces": {}})
+    with pytest.raises(LossearchError, match=r"search > samplr: unknown key"):
+        load_space({**_minimal(), "search": {"samplr": "tpe"}})
+    with pytest.raises(LossearchError, match=r"search > sampler: one of"):
+        load_space({**_minimal(), "search": {"sampler": "cmaes"}})
+    with pytest.raises(LossearchError, match=r"space: 'loss.family' is required"):
+        load_space({"space": {"optim.lr": 0.1}})
+    with pytest.raises(LossearchError, match=r"^base: config key 'optim.lrr': unknown key"):
+        load_space({**_minimal(), "base": {"optim": {"lrr": 1}}})
+    with pytest.raises(LossearchError, match=r"override 'optim.lr': the space sets this key"):
+        load_space(_minimal(**{"optim.lr": {"choices": [0.1]}}), ["optim.lr=0.2"])
+
+
+# --------------------------------------------------------------------------- pickling, Ray
+
+
+def test_define_by_run_pickles_and_replays() -> None:
+    sp = load_space(SPACES / "quick.yaml").with_seeds([3, 4])
+    fn = pickle.loads(pickle.dumps(sp.define_by_run))
+    assert fn.__func__ is SearchSpace.define_by_run  # pickled by reference, not by value
+    first = _run(sp, 12, seed=5)
+    again = _run(fn.__self__, 12, seed=5)
+    assert first == again
+    assert all(f["seeds"] == [3, 4] for f in first)
+    grid = load_space(SPACES / "paper.yaml")
+    sampler = pickle.loads(pickle.dumps(grid.make_sampler(0)))
+    assert isinstance(sampler, GridPointSampler)
+
+
+def test_through_rays_optuna_search(tmp_path: Path) -> None:
+    """Ray Tune's searcher (no Ray runtime): flat configs, the grid's last tell, save/restore."""
+    from ray.tune.search.optuna import OptunaSearch
+
+    sp = load_space(SPACES / "paper.yaml")
+    searcher = OptunaSearch(
+        space=sp.define_by_run, metric="exact_match", mode="max", sampler=sp.make_sampler(0)
+    )
+    configs = []
+    for i in range(len(sp.grid)):
+        config = searcher.suggest(f"t{i}")
+        configs.append(config)
+        searcher.on_trial_complete(f"t{i}", {"exact_match": 0.1 * i, "training_iteration": 1})
+    assert {_as_row(c) for c in configs} == _paper_table()
+    states = {t.state for t in searcher._ot_study.trials}
+    assert states == {optuna.trial.TrialState.COMPLETE}
+
+    quick = load_space(SPACES / "quick.yaml")
+    searcher = OptunaSearch(
+        space=quick.define_by_run, metric="exact_match", mode="max", sampler=quick.make_sampler(0)
+    )
+    config = searcher.suggest("a")
+    assert "loss.family" in config and "optim.lr" in config
+    searcher.save(str(tmp_path / "searcher.pkl"))
+    restored = OptunaSearch()
+    restored.restore(str(tmp_path / "searcher.pkl"))
+    assert restored.suggest("b")["loss.family"] in quick.family_names
