@@ -40,7 +40,7 @@ class TaskConfig(_Section):
     # independently of the training seed
     arith_steps: int = Field(default=1, ge=1, le=8)
     arith_max_operand: int = Field(default=12, ge=2)
-    arith_ops: str = Field(default="+-*/", pattern=r"^[-+*/]+$")
+    arith_ops: str = Field(default="+-*", pattern=r"^[-+*/]+$")
     arith_train_size: int = Field(default=6400, ge=1)
     data_seed: int = 0
     # jsonl: field names and optional numeric answer pattern
@@ -95,7 +95,7 @@ class TrainConfig(_Section):
 
     task: TaskConfig = Field(default_factory=TaskConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
-    loss: dict[str, Any] = Field(default_factory=lambda: {"ce": 1.0})
+    loss: dict[str, Any] = Field(default_factory=lambda: {"ce": 1.0}, validate_default=True)
     optim: OptimConfig = Field(default_factory=OptimConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     scaling: ScalingConfig = Field(default_factory=ScalingConfig)

@@ -21,7 +21,8 @@ A reference without an answer (no ``####``, no letter, no pattern match) raises
 
 Reasoning metrics (math tasks only; per example, then the mean over examples). A *step* is
 the text inside ``<<...>>``. Steps are normalised before comparing: whitespace removed,
-``×``/``÷``/``**`` written ``*``/``/``/``^``, thousands commas and ``$`` dropped, numbers in
+``×``/``÷``/``**`` written ``*``/``/``/``^``, ``$`` and thousands commas dropped (not inside
+a call such as ``max(1,200)``, where the comma separates arguments), numbers in
 canonical form (``12.0`` -> ``12``, ``0.50`` -> ``0.5``, ``007`` -> ``7``) and the two
 operands of a lone ``+`` or ``*`` sorted (``5+7=12`` equals ``7+5=12``). ``P`` is the *set* of
 the prediction's normalised steps, ``R`` the reference's.
@@ -164,6 +165,7 @@ def exact_match(spec: TaskSpec, prediction: str, reference: str) -> float:
 # --- steps ---------------------------------------------------------------------------------
 
 _THOUSANDS = re.compile(r"(?<=\d),(?=\d{3}(?!\d))")
+_CALL = re.compile(r"[A-Za-z_]\w*\(")
 _NUM = re.compile(r"\d*\.\d+|\d+")
 _ATOM = r"-?(?:\d*\.\d+|\d+|[A-Za-z_#][\w#]*)"
 _BINARY = re.compile(rf"^({_ATOM})([-+*/^%])({_ATOM})$")
@@ -188,7 +190,8 @@ def normalize_step(step: str) -> str:
     """Canonical text of one ``expr=value`` step (see the module docstring)."""
     s = step.replace("×", "*").replace("÷", "/").replace("**", "^").replace("$", "")
     s = re.sub(r"\s+", "", s)
-    s = _THOUSANDS.sub("", s)
+    if not _CALL.search(s):  # in calls (max(1,200)) a comma separates arguments
+        s = _THOUSANDS.sub("", s)
     s = _NUM.sub(_canon_number, s)
     expr, eq, value = s.rpartition("=")
     if not eq:

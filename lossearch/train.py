@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -186,6 +187,14 @@ def mean_over_seeds(per_seed: dict[int, dict[str, float]]) -> dict[str, float]:
     return out
 
 
+def _quiet_libraries() -> None:
+    """No Hugging Face progress bars or info messages in the workers' output."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
 class _nullcontext:
     def __enter__(self) -> None:
         return None
@@ -197,7 +206,7 @@ class _nullcontext:
 # --------------------------------------------------------------------------- the loop
 
 
-def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
+def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
     """Ray Train per-worker function. ``loop_config = {"config": <TrainConfig dict>, "seeds"}``."""
     import ray.train
     import ray.train.torch
@@ -206,6 +215,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     from lossearch.losses import build_loss
     from lossearch.tasks import load_task, tokenize
 
+    _quiet_libraries()
     cfg = validate(loop_config["config"])
     seeds: list[int] = list(loop_config.get("seeds") or [cfg.seed])
     ctx = ray.train.get_context()
@@ -251,12 +261,20 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                     rep, features, loss_fn, cfg, epoch, device, rank, world, step_cap
                 )
         except NonFiniteLoss as err:
-            ray.train.report({"epoch": epoch, "diverged": 1.0, "error": str(err)})
-            return
+            # Not reported: a result without the search metric stops the whole Tune run
+            # (strict metric checking, OptunaSearch.on_trial_result). The caller reads the
+            # reason from Result.return_value (rank 0's), see diverged_error.
+            return {"epoch": epoch, "diverged": 1.0, "error": str(err)}
         if rank == 0 and (epoch % cfg.eval.every_epochs == 0 or epoch == epochs):
             for rep in replicas:
                 per_seed[rep.seed].update(evaluate(rep, data, cfg, device))
         metrics = {"epoch": epoch, **mean_over_seeds(per_seed)}
+        # where this epoch ran (strings, so analysis does not take them for metrics)
+        metrics["node_id"] = ray.get_runtime_context().get_node_id()
+        # the placement group of this run's workers: the search driver removes it when Tune
+        # stops a trial early (see search/driver.py)
+        metrics["placement_group"] = ray.get_runtime_context().get_placement_group_id() or ""
+        metrics["worker_pid"] = str(os.getpid())
         history.append(metrics)
         with tempfile.TemporaryDirectory() as tmp:
             if rank == 0:
@@ -284,6 +302,7 @@ def build_trainer(
     The run lives at ``storage_path/name``; building the trainer again with the same pair
     resumes from its latest checkpoint (Train V2 keeps a checkpoint-manager snapshot there).
     """
+    import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -303,8 +322,40 @@ def build_trainer(
             failure_config=FailureConfig(max_failures=max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
             callbacks=callbacks,
+            logging_config=ray.LoggingConfig(log_level="WARNING"),
         ),
     )
+
+
+def diverged_error(result: Any) -> str | None:
+    """Why a finished ``trainer.fit()`` diverged (NaN/inf loss), or None if it did not."""
+    value = getattr(result, "return_value", None)
+    if isinstance(value, dict) and value.get("error"):
+        return str(value["error"])
+    if result.metrics and "error" in result.metrics:
+        return str(result.metrics["error"])
+    return None
+
+
+def check_ray_address(address: str | None) -> None:
+    """Fail at once, in one line, when ``HOST:PORT`` accepts no connection.
+
+    ``ray.init(address=...)`` would retry for minutes, logging as it goes. Other forms
+    (``auto``, ``ray://...``) are left to Ray.
+    """
+    import socket
+
+    if not address or "://" in address or address == "auto":
+        return
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise LossearchError(f"--address must be HOST:PORT, got '{address}'")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=10).close()
+    except OSError as err:
+        raise LossearchError(
+            f"cannot reach Ray cluster at {address}: {err.strerror or err}"
+        ) from None
 
 
 def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
@@ -315,8 +366,14 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
 
     if ray.is_initialized():
         return
+    check_ray_address(address)
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
-    kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": True}
+    # Ray's own INFO/WARNING chatter (worker-group start-up, state-API polling without a
+    # dashboard) drowns the per-epoch progress lines; keep errors only.
+    kwargs: dict[str, Any] = {
+        "include_dashboard": False,
+        "logging_config": ray.LoggingConfig(log_level="ERROR"),
+    }
     if address:
         try:
             ray.init(address=address, **kwargs)
@@ -345,6 +402,10 @@ def train(
     out = out.resolve()
     if out.exists() and any(out.iterdir()) and not (out / "config.yaml").exists():
         raise LossearchError(f"output directory is not empty and not a lossearch run: {out}")
+    from lossearch.preflight import preflight
+
+    preflight(cfg)  # bad data, model path or lengths: one line now, not a worker traceback
+    check_ray_address(address)
     try:
         out.mkdir(parents=True, exist_ok=True)
         dump_config(cfg, out / "config.yaml")
@@ -355,8 +416,9 @@ def train(
     result = trainer.fit()
     if result.error is not None:
         raise result.error
-    if result.metrics and "error" in result.metrics:
-        raise LossearchError(f"training diverged: {result.metrics['error']}")
+    reason = diverged_error(result)
+    if reason:
+        raise LossearchError(f"training diverged: {reason}")
     if result.checkpoint is None:
         raise RuntimeError("training finished without a checkpoint")
     with result.checkpoint.as_directory() as ckpt_dir:

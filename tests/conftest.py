@@ -27,3 +27,45 @@ def ray_local():
         ray.init(num_cpus=3, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
+
+
+# An easy arith (operands 1..5, + and -) that the tiny model learns past chance in 60 steps.
+EASY_BASE = {
+    "name": "t",
+    "task": {"name": "arith", "arith_train_size": 1920, "eval_size": 50, "arith_max_operand": 5,
+             "arith_ops": "+-"},
+    "model": {"name_or_path": "tiny"},
+    "loss": {"ce": 1.0},
+    "optim": {"epochs": 2, "lr": 5e-3, "warmup_steps": 10},
+    "eval": {"max_new_tokens": 16},
+    "scaling": {"cpus_per_worker": 1},
+}
+
+# Five grid points. With sampler seed 0 the grid runs in the order 2, 0, 1, 3, 4, so two
+# learning trials reach ASHA's first rung before point 3 (a learning rate that learns nothing),
+# which is therefore stopped there; point 4's learning rate makes the loss non-finite.
+SEARCH_SPACE = {
+    "base": EASY_BASE,
+    "search": {"sampler": "grid", "seed": 0, "scheduler": "asha", "grace_period": 1,
+               "reduction_factor": 2, "metric": "exact_match", "mode": "max"},
+    "grid": [
+        {"loss.family": "ce"},
+        {"loss.family": "focal", "loss.ce.weight": 0.6, "loss.focal.gamma": 2.0},
+        {"loss.family": "tversky", "loss.ce.weight": 0.5, "loss.tversky.alpha": 0.3,
+         "loss.tversky.beta": 0.7},
+        {"loss.family": "ce", "optim.lr": 1e-7},
+        {"loss.family": "poly1", "loss.ce.weight": 0.0, "loss.poly1.epsilon": 1.0,
+         "optim.lr": 1e6},
+    ],
+}
+
+
+@pytest.fixture(scope="session")
+def small_search(ray_local, tmp_path_factory):
+    """A real 5-trial search by the product's driver, shared by the search and analysis tests."""
+    from lossearch.search.driver import run_search
+
+    storage = tmp_path_factory.mktemp("experiments")
+    exp = run_search(SEARCH_SPACE, num_samples=5, max_concurrent=2, storage=str(storage),
+                     name="small", verbose=0)
+    return Path(exp)

@@ -18,8 +18,9 @@ def test_defaults_are_complete_and_round_trip(tmp_path):
 
 def test_minimal_yaml_with_overrides(tmp_path):
     path = tmp_path / "run.yaml"
-    path.write_text("task: {name: arith}\nmodel: {name_or_path: tiny}\nloss: {ce: 0.6, focal: 0.4}\n"
-                    "seed: 3\n")
+    path.write_text(
+        "task: {name: arith}\nmodel: {name_or_path: tiny}\nloss: {ce: 0.6, focal: 0.4}\nseed: 3\n"
+    )
     cfg = load_config(path, ["optim.lr=3e-4", "loss.focal.gamma=1", "eval.max_new_tokens=40"])
     assert cfg.seed == 3 and cfg.optim.lr == pytest.approx(3e-4)
     assert cfg.loss["focal"] == {**cfg.loss["focal"], "weight": 0.4, "gamma": 1}
@@ -40,7 +41,8 @@ def test_paper_defaults_for_lora_and_losses():
         (["optim.lr=-1"], "optim.lr"),
         (["task.max_length=abc"], "task.max_length"),
         (["scaling.num_workers=0"], "scaling.num_workers"),
-        (["loss.focal.gamma=-1"], "gamma"),
+        (["loss.focal=0.4", "loss.focal.gamma=-1"], "gamma"),
+        (["loss.focal.gamma=1"], "weight"),
         (["loss.nosuchloss=1"], "nosuchloss"),
         (["loss.ce=0"], "loss"),
         (["optim.lr"], "key=value"),

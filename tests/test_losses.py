@@ -28,9 +28,7 @@ ALL_LOSSES = {
     "sadl": self_adjusting_dice_loss,
     "sadl_a05": lambda x, t, **kw: self_adjusting_dice_loss(x, t, alpha=0.5, gamma=0.1, **kw),
     "tversky": tversky_loss,
-    "tversky_all": lambda x, t, **kw: tversky_loss(
-        x, t, alpha=0.3, beta=0.7, classes="all", **kw
-    ),
+    "tversky_all": lambda x, t, **kw: tversky_loss(x, t, alpha=0.3, beta=0.7, classes="all", **kw),
     "poly1": poly1_loss,
 }
 
@@ -130,8 +128,8 @@ def test_lovasz_matches_per_class_reference(classes, n, v, c):
     ours = lovasz_softmax_loss(x, t, classes=classes)
     ref = ref_lovasz(x, t, classes=classes)
     torch.testing.assert_close(ours, ref)
-    g_ours, = torch.autograd.grad(ours, x)
-    g_ref, = torch.autograd.grad(ref, x)
+    (g_ours,) = torch.autograd.grad(ours, x)
+    (g_ref,) = torch.autograd.grad(ref, x)
     torch.testing.assert_close(g_ours, g_ref)
 
 
@@ -190,8 +188,9 @@ def test_generalized_dice_per_sequence_matches_loop(classes):
     torch.testing.assert_close(ours, loop)
     # pooled over the batch (the default) is a different number
     pooled = generalized_dice_loss(x, t, classes=classes)
-    torch.testing.assert_close(pooled, generalized_dice_loss(x.reshape(-1, v), t.reshape(-1),
-                                                             classes=classes))
+    torch.testing.assert_close(
+        pooled, generalized_dice_loss(x.reshape(-1, v), t.reshape(-1), classes=classes)
+    )
     assert not torch.isclose(pooled, ours)
 
 

@@ -99,6 +99,7 @@ def test_normalize_step():
     assert normalize_step("12-5=7") == "12-5=7"  # not commutative: order kept
     assert normalize_step("2*3+4=10") == "2*3+4=10"  # only a lone + or * is sorted
     assert normalize_step("$5+$6") == "5+6"
+    assert normalize_step("max(1,200)=200") == "max(1,200)=200"
     assert steps("a <<1+2=3>> b <<3 * 4 = 12>>\n#### 12") == ["1+2=3", "3*4=12"]
 
 

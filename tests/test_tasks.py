@@ -395,7 +395,7 @@ def test_arith_fits_default_max_length():
     tok = build_tiny_tokenizer()
     for steps, max_operand in [(1, 20), (2, 9)]:
         data = load_task(TaskConfig(arith_steps=steps, arith_max_operand=max_operand,
-                                    arith_train_size=1000, eval_size=200))
+                                    arith_ops="+-*/", arith_train_size=1000, eval_size=200))
         _, stats = tokenize(data.train + data.eval, tok, 128)
         assert stats.truncated == 0 and stats.dropped == 0
 
@@ -500,3 +500,28 @@ def test_collate_pads_and_masks():
     left = collate(features, tok.pad_token_id, padding_side="left")
     assert left["input_ids"][short, width - n :].tolist() == features[short]["input_ids"]
     assert left["attention_mask"][short].tolist() == [0] * (width - n) + [1] * n
+
+
+def test_arith_splits_frozen_as_jsonl_load_back_identically(tmp_path):
+    from lossearch.tasks import save_jsonl
+
+    cfg = TaskConfig(arith_train_size=40, eval_size=10, data_seed=7)
+    train, evals = arith_mod.splits(cfg)
+    save_jsonl(train, tmp_path / "train.jsonl")
+    save_jsonl(evals, tmp_path / "test.jsonl")
+    data = load_task(TaskConfig(name="jsonl", data_dir=str(tmp_path)))
+    assert data.train == train and data.eval == evals
+
+
+@pytest.mark.parametrize("ops", ["-", "/", "-/"])
+def test_arith_restrictive_operators_still_terminate(ops):
+    problems = arith_mod.generate(50, steps=3, max_operand=12, ops=ops, seed=0)
+    for ex in problems:
+        formulas = _formulas(ex.target)
+        assert len(formulas) == 3 and all(op in ops for _, op, _, _ in formulas)
+        assert all(v >= 0 for *_, v in formulas)
+
+
+def test_arith_impossible_operators_are_user_error():
+    with pytest.raises(LossearchError, match="cannot make 3-step problems"):
+        arith_mod.generate(1, steps=3, max_operand=3, ops="/", seed=0)

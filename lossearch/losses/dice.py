@@ -26,11 +26,12 @@ def generalized_dice_from_log_probs(
     if n == 0:
         return F.zero_loss(log_probs)
     if batch:
-        seq_ids = torch.zeros_like(target)
+        seq_ids, b = torch.zeros_like(target), 1
     elif seq_ids is None:
         raise ValueError("batch=False needs the sequence index of every token (seq_ids)")
-    seqs, seq_ids = torch.unique(seq_ids, return_inverse=True)  # sequences with tokens
-    b = seqs.numel()
+    else:
+        seqs, seq_ids = torch.unique(seq_ids, return_inverse=True)  # sequences with tokens
+        b = seqs.numel()
     dtype = log_probs.dtype
     # the (sequence, class) pairs that occur: one Dice term each
     pairs, pair_of_token, g = torch.unique(
@@ -54,8 +55,10 @@ def generalized_dice_from_log_probs(
         # every column: one exp pass over [N, V]
         probs = log_probs.exp()
         p_t = probs.gather(1, target.unsqueeze(1)).squeeze(1)
-        col = probs.sum(0, keepdim=True) if b == 1 else probs.new_zeros(b, v).index_add(
-            0, seq_ids, probs
+        col = (
+            probs.sum(0, keepdim=True)
+            if b == 1
+            else probs.new_zeros(b, v).index_add(0, seq_ids, probs)
         )
         psum = col[pair_seq, pair_class]
     inter = F.class_sums(p_t, pair_of_token, pairs.numel())  # I_c = sum p_c 1[t = c]
@@ -90,8 +93,8 @@ def generalized_dice_loss(
     weights from that sequence's counts, then averages over the sequences that have at
     least one non-ignored token; that is how the paper's code pooled. The paper's code also
     weighted every vocabulary entry by ``1 / (G_c + 1e-10)^2``, so an absent token weighed
-    ~1e20 and its predicted mass swamped the denominator (the loss stays near 1 whatever
-    the prediction of the present tokens); that weighting is not offered. The closest
+    ~1e20, the predicted mass of absent tokens swamped the denominator and the loss sat near
+    1 whatever the present tokens got; that weighting is not offered. The closest
     well-defined variant is ``batch=False, classes="all"``.
 
     Cost. ``"present"``: per-class sums by ``index_add`` over the targets and a column sum

@@ -72,4 +72,3 @@ def focal_loss(
         raise ValueError(f"gamma must be >= 0, got {gamma}")
     log_probs, target = F.prepare(logits, target, ignore_index)
     return focal_from_log_probs(log_probs, target, gamma=gamma, alpha=alpha)
-

@@ -62,11 +62,13 @@ class _LovaszPresent(torch.autograd.Function):
         rows = torch.arange(c, device=inverse.device).unsqueeze(1)
         fg = inverse.unsqueeze(0) == rows  # [C, N] foreground indicator
         p = probs.t().clone(memory_format=torch.contiguous_format)  # [C, N], a copy
-        neg_errors = torch.where(fg, p - 1.0, p.neg_())  # -|1[t = c] - p_c|
+        fg_neg_errors = p - 1.0
+        neg_errors = torch.where(fg, fg_neg_errors, p.neg_())  # -|1[t = c] - p_c|
+        del fg_neg_errors
         order = _argsort_rows(neg_errors)  # errors in decreasing order
         grad_sorted = _jaccard_grad(fg.gather(1, order), counts, probs.dtype)
         weight = torch.empty_like(grad_sorted).scatter_(1, order, grad_sorted)  # token order
-        total = -(neg_errors * weight).sum()
+        total = -torch.dot(neg_errors.view(-1), weight.view(-1))
         # d total / d log p = (d|1[t = c] - p| / dp) w p, the sign -1 on the foreground
         weight = torch.where(fg, weight.neg(), weight).t().contiguous()  # [N, C]
         ctx.save_for_backward(probs.mul_(weight))

@@ -32,8 +32,9 @@ class TrialDiverged(RuntimeError):
 
 
 def join_uri(base: str, *parts: str) -> str:
-    """Join a local path or a URI (``s3://b/p``) with ``/``."""
-    return "/".join([base.rstrip("/"), *parts])
+    """Join a local path or a URI (``s3://b/p``) with ``/``; a ``?query`` stays at the end."""
+    path, sep, query = base.partition("?") if is_uri(base) else (base, "", "")
+    return "/".join([path.rstrip("/"), *parts]) + sep + query
 
 
 def is_uri(path: str) -> bool:
@@ -53,7 +54,7 @@ def run_trial(
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from lossearch.search.space import trial_to_config
-    from lossearch.train import build_trainer
+    from lossearch.train import build_trainer, diverged_error
 
     cfg = trial_to_config(base, config)
     trainer = build_trainer(
@@ -67,8 +68,9 @@ def run_trial(
     result = trainer.fit()
     if result.error is not None:
         raise result.error
-    if result.metrics and "error" in result.metrics:
-        raise TrialDiverged(result.metrics["error"])
+    reason = diverged_error(result)
+    if reason:
+        raise TrialDiverged(reason)
 
 
 def _trainable(meta: dict[str, Any], exp_path: str) -> Any:
@@ -82,6 +84,39 @@ def _trainable(meta: dict[str, Any], exp_path: str) -> Any:
         max_failures=meta["max_failures"],
     )
     return tune.with_resources(fn, {"CPU": 0.01})
+
+
+def _free_training_resources() -> Any:
+    """A Tune callback that removes an ended trial's Ray Train placement group.
+
+    When ASHA stops a trial early, Tune ends the trial function while its ``TorchTrainer``
+    is still running; the trainer's workers and their placement group outlive it (Train V2's
+    own clean-up needs Ray's dashboard), holding CPUs that later trials wait for. Each run
+    reports its placement group id, and this callback removes the group once the trial ends.
+    """
+    from ray import tune
+
+    class FreeTrainingResources(tune.Callback):
+        def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            self._free(trial)
+
+        def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            self._free(trial)
+
+        @staticmethod
+        def _free(trial: Any) -> None:
+            from ray._raylet import PlacementGroupID
+            from ray.util.placement_group import PlacementGroup, remove_placement_group
+
+            pg_hex = (trial.last_result or {}).get("placement_group")
+            if not pg_hex:
+                return
+            try:
+                remove_placement_group(PlacementGroup(PlacementGroupID.from_hex(pg_hex)))
+            except Exception:  # already removed by the trainer itself
+                pass
+
+    return FreeTrainingResources()
 
 
 def _scheduler(kind: str, meta: dict[str, Any]) -> Any:
@@ -99,6 +134,7 @@ def _scheduler(kind: str, meta: dict[str, Any]) -> Any:
         max_t=max(max_t, 1),
         grace_period=int(meta["asha"]["grace_period"]),
         reduction_factor=float(meta["asha"]["reduction_factor"]),
+        stop_last_trials=False,  # a trial at max_t ends by itself, its trainer shut down cleanly
     )
 
 
@@ -121,8 +157,20 @@ def write_search_file(exp_path: str, meta: dict[str, Any]) -> None:
         with fs.open_output_stream(f"{root}/{SEARCH_FILE}") as f:
             f.write(text.encode())
         return
-    Path(exp_path).mkdir(parents=True, exist_ok=True)
-    Path(exp_path, SEARCH_FILE).write_text(text)
+    # Atomic: a full disk or a quota leaves no half-written file (nor a new empty folder).
+    exp = Path(exp_path)
+    created = not exp.exists()
+    tmp = exp / f".{SEARCH_FILE}.tmp"
+    try:
+        exp.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(text)
+        os.replace(tmp, exp / SEARCH_FILE)
+    except OSError:
+        if exp.is_dir():
+            tmp.unlink(missing_ok=True)
+            if created and not any(exp.iterdir()):
+                exp.rmdir()
+        raise
 
 
 def read_search_file(exp_path: str) -> dict[str, Any]:
@@ -139,6 +187,22 @@ def read_search_file(exp_path: str) -> dict[str, Any]:
     except (OSError, FileNotFoundError):
         raise LossearchError(f"not a lossearch experiment (no {SEARCH_FILE}): {exp_path}") from None
     return yaml.safe_load(text)
+
+
+def _experiment_exists(exp_path: str) -> bool:
+    """Something is already at ``exp_path`` (a non-empty folder, a file, objects under a URI)."""
+    if not is_uri(exp_path):
+        p = Path(exp_path)
+        return p.exists() and (not p.is_dir() or any(p.iterdir()))
+    import pyarrow.fs as pafs
+
+    try:
+        fs, root = pafs.FileSystem.from_uri(exp_path)
+        found = fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
+    except (OSError, ValueError) as err:  # no such bucket, no credentials, bad URI
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise LossearchError(f"cannot use storage {exp_path}: {first}") from None
+    return bool(found)
 
 
 def _default_storage() -> str:
@@ -195,7 +259,7 @@ def run_search(
     stem = Path(space).stem if isinstance(space, (str, Path)) else "space"
     name = name or f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
     exp_path = join_uri(storage, name)
-    if not is_uri(exp_path) and Path(exp_path).exists() and any(Path(exp_path).iterdir()):
+    if _experiment_exists(exp_path):
         raise LossearchError(
             f"experiment already exists: {exp_path} (use `lossearch resume` or another --name)"
         )
@@ -217,6 +281,12 @@ def run_search(
         "sampler_seed": int(settings.get("seed", 0)),
     }
     _scheduler(scheduler, meta)  # validate before anything is written
+    from lossearch.preflight import preflight
+
+    preflight(base_cfg)  # data, model path, lengths: checked here, before Ray starts
+    from lossearch.train import check_ray_address
+
+    check_ray_address(address)  # before the experiment directory is written
     try:
         write_search_file(exp_path, meta)
     except OSError as err:
@@ -254,6 +324,7 @@ def _build_tuner(
             name=name,
             storage_path=storage,
             failure_config=tune.FailureConfig(max_failures=0),
+            callbacks=[_free_training_resources()],
             verbose=verbose,
         ),
     )
@@ -272,9 +343,9 @@ def resume(exp_path: str, *, address: str | None = None) -> str:
         if not Path(exp_path).is_dir():
             raise LossearchError(f"experiment directory not found: {exp_path}")
     meta = read_search_file(exp_path)
-    _local_ray(address)
-    if not tune.Tuner.can_restore(exp_path):
+    if not tune.Tuner.can_restore(exp_path):  # a storage check: no Ray needed yet
         raise LossearchError(f"not a Ray Tune experiment (no experiment state): {exp_path}")
+    _local_ray(address)
     tuner = tune.Tuner.restore(
         exp_path,
         trainable=_trainable(meta, exp_path),

@@ -10,7 +10,8 @@ from lossearch.search.driver import is_uri, read_search_file
 def best_config_path(exp: str) -> Path:
     """``<exp>/best.yaml`` for a local experiment, ``./best-<name>.yaml`` for a URI."""
     if is_uri(exp):
-        return Path(f"best-{exp.rstrip('/').rsplit('/', 1)[-1]}.yaml").resolve()
+        name = exp.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1]  # no ?endpoint_override=...
+        return Path(f"best-{name}.yaml").resolve()
     return Path(exp) / "best.yaml"
 
 

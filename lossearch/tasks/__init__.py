@@ -6,7 +6,7 @@ examples into training tensors. See ``docs/CONTRACTS.md`` (Tasks).
 
 from __future__ import annotations
 
-from lossearch.tasks.base import Example, Task, TaskData, TaskSpec, read_rows
+from lossearch.tasks.base import Example, Task, TaskData, TaskSpec, read_rows, save_jsonl
 from lossearch.tasks.registry import TASKS, get_task, load_task, task_names, task_spec
 from lossearch.tasks.tokenization import (
     TruncationStats,
@@ -29,6 +29,7 @@ __all__ = [
     "get_task",
     "load_task",
     "read_rows",
+    "save_jsonl",
     "task_names",
     "task_spec",
     "tokenize",

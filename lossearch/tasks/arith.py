@@ -13,20 +13,34 @@ the tiny model's default ``max_length`` of 128 characters.)
 Generation (all knobs are :class:`~lossearch.config.TaskConfig` fields):
     * ``arith_steps``: operations per problem (1 = one formula).
     * ``arith_max_operand``: every drawn operand is uniform in ``1..arith_max_operand``
-      (its digit count sets the difficulty). A division's dividend is ``divisor * quotient``
-      with both drawn, so it can reach ``arith_max_operand**2``; later steps act on the
-      running value, which multiplication can make larger.
-    * ``arith_ops``: the operators to draw from, a subset of ``+-*/``. Subtraction never goes
-      below zero and division is always exact; a step whose operator cannot apply to the
-      running value (e.g. ``/`` on a prime larger than ``arith_max_operand``) draws again.
+      (its digit count sets the difficulty); a divisor is in ``2..arith_max_operand``. A
+      first-step division's dividend is ``divisor * quotient`` with both drawn, so it can
+      reach ``arith_max_operand**2``; later steps act on the running value, which
+      multiplication can make larger.
+    * ``arith_ops``: the operators to draw from, a subset of ``+-*/`` (repeat one to draw it
+      more often: ``++-``). Subtraction never goes below zero and division is always exact:
+      each step draws uniformly among the operators that can act on the running value (``/``
+      needs a divisor in range, ``-`` a value >= 1).
     * ``data_seed``: seeds the generator, independent of the training ``seed``. The held-out
       problems come from their own stream (``eval_size`` distinct problems) and every training
       problem whose prompt equals a held-out prompt is skipped, so no held-out problem is in
       the training stream. The same arithmetic can appear in both with other wording.
     * ``arith_train_size``: training problems (``train_size``, when set, caps it further).
 
+Calibration (the defaults: 1 step, operands ``1..12``, ``+-*``, 6400 problems, i.e. 600
+optimizer steps at batch 32 for 3 epochs). The ``tiny`` model trained with plain CE on the
+target tokens (AdamW lr 3e-3, 30 warmup steps then cosine, clipping 1.0, one CPU thread,
+about 75-90 s on an idle core) reaches greedy exact match 0.615, 0.645 and 0.69 on the 200
+held-out problems (three model/data seed pairs). Difficulty is a cliff set by the number of
+optimizer steps: the same default after only 200 steps gives 0.125; with ``+-*/`` at 600
+steps, operands ``1..9`` give 0.88, ``1..10`` 0.72, ``1..11`` 0.38-0.63 and ``1..12``
+0.24-0.35 (division is less stable across seeds, hence opt-in). Two-step targets need
+``eval.max_new_tokens >= 33``.
+
 The same arguments always give the same problems (Python's ``random.Random`` seeded with a
-string, which does not depend on hash randomisation).
+string, which does not depend on hash randomisation). :func:`splits` gives the (train, eval)
+lists for a config; :func:`lossearch.tasks.save_jsonl` freezes them as files for the ``jsonl``
+task.
 """
 
 from __future__ import annotations
@@ -63,6 +77,7 @@ _NEXT = {
 }
 _QUESTION = "How many {i} now?"
 OPERATORS = "+-*/"
+DEFAULT_OPS = "+-*"  # the TaskConfig default; division is opt-in (see the calibration note)
 
 
 def _apply(op: str, a: int, b: int) -> int:
@@ -75,11 +90,21 @@ def _apply(op: str, a: int, b: int) -> int:
     return a // b
 
 
-def _operand(rng: random.Random, op: str, cur: int | None, max_operand: int) -> tuple[int, int]:
-    """Draw ``(a, b)`` for ``a op b``; ``cur`` is the running value (None on the first step).
+def _divisors(cur: int, max_operand: int) -> list[int]:
+    return [d for d in range(2, max_operand + 1) if cur % d == 0]
 
-    Raises ``ValueError`` when ``op`` cannot apply to ``cur``.
-    """
+
+def _applicable(op: str, cur: int, max_operand: int) -> bool:
+    """Whether ``op`` can act on the running value (non-negative, exact results)."""
+    if op == "-":
+        return cur >= 1
+    if op == "/":
+        return bool(_divisors(cur, max_operand))
+    return True
+
+
+def _operands(rng: random.Random, op: str, cur: int | None, max_operand: int) -> tuple[int, int]:
+    """Draw ``(a, b)`` for ``a op b``; ``cur`` is the running value (None on the first step)."""
     if cur is None:
         a, b = rng.randint(1, max_operand), rng.randint(1, max_operand)
         if op == "-" and a < b:
@@ -89,45 +114,46 @@ def _operand(rng: random.Random, op: str, cur: int | None, max_operand: int) -> 
             a = a * b  # a quotient times a divisor: always exact
         return a, b
     if op == "-":
-        if cur < 1:
-            raise ValueError(op)
         return cur, rng.randint(1, min(cur, max_operand))
     if op == "/":
-        divisors = [d for d in range(2, max_operand + 1) if cur % d == 0]
-        if not divisors:
-            raise ValueError(op)
-        return cur, rng.choice(divisors)
+        return cur, rng.choice(_divisors(cur, max_operand))
     return cur, rng.randint(1, max_operand)
 
 
-def make_problem(rng: random.Random, steps: int, max_operand: int, ops: str = OPERATORS) -> Example:
-    """One word problem with ``steps`` operations drawn from ``ops`` (see module docstring)."""
+def make_problem(
+    rng: random.Random, steps: int, max_operand: int, ops: str = DEFAULT_OPS
+) -> Example:
+    """One word problem with ``steps`` operations drawn from ``ops`` (see module docstring).
+
+    Each step's operator is uniform over those of ``ops`` that can act on the running value;
+    when none can (``ops="-"`` after reaching 0), the problem is drawn again from the start.
+    """
     if steps < 1 or max_operand < 2 or not ops or set(ops) - set(OPERATORS):
         raise LossearchError(
             f"arith needs steps >= 1, max_operand >= 2 and operators from '{OPERATORS}'"
         )
-    name, pron = rng.choice(_PEOPLE)
-    item = rng.choice(_ITEMS)
-    sentences: list[str] = []
-    formulas: list[str] = []
-    cur: int | None = None
-    for _ in range(steps):
-        while True:
-            op = rng.choice(ops)
-            try:
-                a, b = _operand(rng, op, cur, max_operand)
-            except ValueError:
-                continue
-            break
-        value = _apply(op, a, b)
-        table = _FIRST if cur is None else _NEXT
-        text = rng.choice(table[op])
-        sentences.append(text.format(n=name, P=pron.capitalize(), i=item, a=a, b=b))
-        formulas.append(f"{a}{op}{b}={value}")
-        cur = value
-    sentences.append(_QUESTION.format(i=item, p=pron))
-    prompt = f"Q: {' '.join(sentences)}\nA: "
-    return Example(prompt, formulas_target(formulas, str(cur)))
+    for _ in range(1000):
+        name, pron = rng.choice(_PEOPLE)
+        item = rng.choice(_ITEMS)
+        sentences: list[str] = []
+        formulas: list[str] = []
+        cur: int | None = None
+        for _ in range(steps):
+            usable = [op for op in ops if cur is None or _applicable(op, cur, max_operand)]
+            if not usable:
+                break
+            op = rng.choice(usable)
+            a, b = _operands(rng, op, cur, max_operand)
+            value = _apply(op, a, b)
+            text = rng.choice((_FIRST if cur is None else _NEXT)[op])
+            sentences.append(text.format(n=name, P=pron.capitalize(), i=item, a=a, b=b))
+            formulas.append(f"{a}{op}{b}={value}")
+            cur = value
+        else:
+            sentences.append(_QUESTION.format(i=item))
+            prompt = f"Q: {' '.join(sentences)}\nA: "
+            return Example(prompt, formulas_target(formulas, str(cur)))
+    raise LossearchError(f"arith: operators '{ops}' cannot make {steps}-step problems")
 
 
 def generate(
@@ -135,7 +161,7 @@ def generate(
     *,
     steps: int,
     max_operand: int,
-    ops: str = OPERATORS,
+    ops: str = DEFAULT_OPS,
     seed: int = 0,
     stream: str = "train",
     exclude: Collection[str] = (),

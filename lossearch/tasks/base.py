@@ -100,6 +100,19 @@ def read_rows(path: str | Path) -> list[dict[str, Any]]:
     return ds.to_list()
 
 
+def save_jsonl(examples: Sequence[Example], path: str | Path) -> Path:
+    """Write examples as JSONL with ``prompt`` and ``target`` fields (the ``jsonl`` task's
+    default layout), e.g. to freeze a generated ``arith`` set; returns the path."""
+    import json
+
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    with p.open("w", encoding="utf-8") as fh:
+        for ex in examples:
+            fh.write(json.dumps({"prompt": ex.prompt, "target": ex.target}) + "\n")
+    return p
+
+
 def load_hub_split(path: str, config: str | None, split: str) -> list[dict[str, Any]]:
     """Load one split of a Hub data set; any failure (e.g. no network) is a LossearchError."""
     import datasets

@@ -18,7 +18,7 @@ every step of that example is rendered symbolically instead: ``<<n0/n1=#0>>``.
 
 The answer is the value written in the correct option (``rs . 400`` -> ``400``, ``1 / 2`` ->
 ``0.5``); when the option holds no single number (``2 : 3``), the program's final value; when
-that is missing too, the option text.
+that is missing too, the option text. ``task.target_format`` does not apply (always steps).
 """
 
 from __future__ import annotations

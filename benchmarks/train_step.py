@@ -1,0 +1,644 @@
+"""Training-step cost of the composite losses, and the overhead of running on Ray Train.
+
+Three parts, every figure a ratio of variants measured side by side in this one run
+(interleaved, repeated, medians), so that load from other processes cancels out as far as it
+can:
+
+1. Tiny model (``model.name_or_path: tiny``, ~0.54M parameters, vocabulary 100) on batches
+   of 32 from the real ``arith`` task: tokens/s of a full training step (forward, composite
+   loss, backward, clip, AdamW) with CE alone against CE 0.6 + X 0.4 for each other loss.
+   Target: every composite step <= 1.2x the CE-only step.
+2. A ~110M-parameter random Llama (``llama_config_for_size(768, 12, 12, 32000)``) on random
+   4 x 128 token batches whose answer mask covers the last 32 tokens: the same comparison in
+   rounds of one step per variant between CE steps (as many rounds as fit in ~2 minutes),
+   plus the loss alone (forward + backward on fixed logits, repeated) so that the small
+   difference is not lost in step noise. Skipped with ``--quick``.
+3. One training through ``lossearch.train.train`` (Ray Train V2: a worker process, reports,
+   checkpoints through Ray) against a plain loop without Ray that does the same work with the
+   same building blocks: the same model, optimizer, schedule, data order and ``train_epoch``,
+   the same greedy eval per epoch, the same checkpoint written and copied into the run
+   directory per epoch (2 kept), the same final ``checkpoint/`` and ``metrics.jsonl``.
+   Full size: the default config (arith, tiny, 200 steps per epoch, eval on 200) with as many
+   epochs as make the plain loop take ~2 minutes (a 1-epoch plain run is timed first;
+   ``--ray-epochs N`` fixes it). Runs alternate plain, Ray, Ray, plain.
+   Target: Ray <= 1.15x the plain loop.
+
+Every part uses one intra-op thread (``torch.set_num_threads(1)``), as a Ray Train worker with
+``scaling.cpus_per_worker: 1`` does; on a shared 2-core machine that is also far steadier
+than 2 threads.
+
+    .venv/bin/python benchmarks/train_step.py            # full, ~15-20 minutes
+    .venv/bin/python benchmarks/train_step.py --quick    # smoke check, ~2 minutes
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import random
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+
+os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+
+LOSS_NAMES = ("focal", "lovasz", "gdice", "sadl", "tversky", "poly1")
+STEP_TARGET = 1.2
+RAY_TARGET = 1.15
+
+
+def loss_specs() -> dict[str, dict[str, float]]:
+    """``ce`` alone, then ``ce 0.6 + X 0.4`` for each other registered loss (defaults)."""
+    specs: dict[str, dict[str, float]] = {"ce": {"ce": 1.0}}
+    for name in LOSS_NAMES:
+        specs[f"ce+{name}"] = {"ce": 0.6, name: 0.4}
+    return specs
+
+
+def median(xs: list[float]) -> float:
+    return statistics.median(xs) if xs else float("nan")
+
+
+def fmt_ratio(r: float, target: float | None = None) -> str:
+    if not math.isfinite(r):
+        return "n/a"
+    ok = "" if target is None else ("  ok" if r <= target else "  MISSED")
+    return f"{r:.3f}x{ok}"
+
+
+def print_table(title: str, header: list[str], rows: list[list[str]]) -> None:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
+    print(f"\n{title}")
+    print("  " + "  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)))
+    for r in rows:
+        print("  " + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)))
+
+
+# --------------------------------------------------------------------------- one step
+
+
+def train_step(
+    model: Any, optimizer: Any, loss_fn: Any, batch: dict[str, torch.Tensor]
+) -> torch.Tensor:
+    """What ``train_epoch`` does per batch (grad_accum 1): forward, loss, backward, clip, step."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    out = loss_fn(logits, batch["labels"], batch["answer_mask"])
+    out.total.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return out.total.detach()
+
+
+def loss_only_times(
+    losses: dict[str, Any], batch: dict[str, torch.Tensor], logits: torch.Tensor, rounds: int
+) -> dict[str, float]:
+    """Median seconds of the loss alone (forward + backward to the logits), interleaved.
+
+    ``torch F.cross_entropy`` (shifted, ignore -100, the fused op Hugging Face models use)
+    is timed alongside as a reference for the library's CE.
+    """
+
+    def torch_ce(x: torch.Tensor) -> torch.Tensor:
+        v = x.shape[-1]
+        return torch.nn.functional.cross_entropy(
+            x[:, :-1].reshape(-1, v).float(), batch["labels"][:, 1:].reshape(-1)
+        )
+
+    fns: dict[str, Any] = {"torch F.cross_entropy": torch_ce}
+    for name, fn in losses.items():
+        fns[name] = lambda x, fn=fn: fn(x, batch["labels"], batch["answer_mask"]).total
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    order = list(fns)
+    for r in range(rounds + 1):  # round 0 is warm-up
+        for name in order[r % len(order) :] + order[: r % len(order)]:
+            x = logits.detach().clone().requires_grad_(True)
+            t0 = time.perf_counter()
+            fns[name](x).backward()
+            dt = time.perf_counter() - t0
+            if r:
+                times[name].append(dt)
+    return {name: median(ts) for name, ts in times.items()}
+
+
+# --------------------------------------------------------------------------- part 1: tiny
+
+
+def tiny_batches(n: int, batch_size: int = 32) -> list[dict[str, torch.Tensor]]:
+    """The first ``n`` training batches of the default ``arith`` task, as ``train_epoch``
+    draws them (seed 0, epoch 1)."""
+    from lossearch.config import TaskConfig
+    from lossearch.models import build_tiny_tokenizer
+    from lossearch.tasks import collate, load_task, tokenize
+    from lossearch.train import epoch_batches
+
+    cfg = TaskConfig()
+    data = load_task(cfg)
+    tok = build_tiny_tokenizer()
+    features, _ = tokenize(data.train, tok, cfg.max_length)
+    order = epoch_batches(len(features), batch_size, seed=0, epoch=1)[:n]
+    return [collate([features[j] for j in idx], tok.pad_token_id) for idx in order]
+
+
+def bench_tiny(rounds: int, steps: int) -> list[list[str]]:
+    """Part 1. Each round runs ``steps`` consecutive steps of every variant (rotating the
+    order), all on the same batches; ratios are medians over rounds of per-round ratios."""
+    from lossearch.losses import build_loss
+    from lossearch.models import build_tiny_model
+
+    specs = loss_specs()
+    losses = {name: build_loss(spec) for name, spec in specs.items()}
+    batches = tiny_batches(steps)
+    tokens = sum(int(b["attention_mask"].sum()) for b in batches)
+    model = build_tiny_model(seed=0).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    names = list(specs)
+    per_round: list[dict[str, float]] = []
+    for r in range(rounds + 1):  # round 0 is warm-up
+        t: dict[str, float] = {}
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            t0 = time.perf_counter()
+            for b in batches:
+                train_step(model, optimizer, losses[name], b)
+            t[name] = (time.perf_counter() - t0) / len(batches)
+        if r:
+            per_round.append(t)
+    with torch.no_grad():
+        logits = model(input_ids=batches[0]["input_ids"]).logits
+    loss_alone = loss_only_times(losses, batches[0], logits, rounds)
+    rows = []
+    for name in names:
+        step = median([t[name] for t in per_round])
+        ratio = median([t[name] / t["ce"] for t in per_round])
+        rows.append(
+            [
+                name,
+                f"{tokens / len(batches) / step:,.0f}",
+                f"{step * 1e3:.1f}",
+                fmt_ratio(ratio, STEP_TARGET if name != "ce" else None),
+                f"{loss_alone[name] * 1e3:.2f}",
+            ]
+        )
+    rows.append(
+        ["torch F.cross_entropy", "", "", "", f"{loss_alone['torch F.cross_entropy'] * 1e3:.2f}"]
+    )
+    b0 = batches[0]["input_ids"].shape
+    print_table(
+        f"Part 1: tiny model, arith batches of {b0[0]} (~{tokens // len(batches)} tokens/batch), "
+        f"{rounds} rounds x {steps} steps per variant",
+        ["loss", "tokens/s", "step ms", "step vs CE", "loss fwd+bwd ms"],
+        rows,
+    )
+    return rows
+
+
+# --------------------------------------------------------------------------- part 2: 110M
+
+
+def bench_100m(
+    batch: int, length: int, answer: int, loss_rounds: int, budget_s: float
+) -> list[list[str]]:
+    """Part 2: rounds of one step per variant (shuffled), each round opened by a CE step and
+    the last closed by one, as many rounds as fit in ``budget_s`` (at least one); each
+    variant's step is compared with the mean of the two CE steps around its round. Then the
+    loss alone, ``loss_rounds`` interleaved repeats."""
+    from transformers import LlamaForCausalLM
+
+    from lossearch.losses import build_loss
+    from lossearch.models import llama_config_for_size
+
+    vocab = 32000
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = LlamaForCausalLM(llama_config_for_size(768, 12, 12, vocab)).train()
+    n_params = sum(p.numel() for p in model.parameters())
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(4, vocab, (batch, length), generator=g)
+    mask = torch.zeros_like(ids)
+    mask[:, -answer:] = 1
+    b = {
+        "input_ids": ids,
+        "attention_mask": torch.ones_like(ids),
+        "labels": ids,
+        "answer_mask": mask,
+    }
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
+    specs = loss_specs()
+    losses = {name: build_loss(spec) for name, spec in specs.items()}
+
+    def step(name: str) -> float:
+        t0 = time.perf_counter()
+        train_step(model, optimizer, losses[name], b)
+        return time.perf_counter() - t0
+
+    started = time.perf_counter()
+    step("ce")  # warm-up
+    others = [n for n in specs if n != "ce"]
+    ce_steps = [step("ce")]
+    rounds: list[dict[str, float]] = []
+    while True:
+        order = others[:]
+        random.Random(len(rounds)).shuffle(order)
+        rounds.append({name: step(name) for name in order})
+        ce_steps.append(step("ce"))
+        spent = time.perf_counter() - started
+        print(
+            f"  110M round {len(rounds)}: CE {ce_steps[-2]:.2f} s .. {ce_steps[-1]:.2f} s, "
+            + ", ".join(f"{n[3:]} {t:.2f}" for n, t in rounds[-1].items()),
+            flush=True,
+        )
+        if spent * (len(rounds) + 1) / len(rounds) > budget_s:
+            break
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits
+    loss_alone = loss_only_times(losses, b, logits, loss_rounds)
+    ce_round = [(ce_steps[i] + ce_steps[i + 1]) / 2 for i in range(len(rounds))]
+    ce_step = median(ce_steps)
+    tokens = batch * length
+    rows = []
+    for name in specs:
+        if name == "ce":
+            step_s, measured = ce_step, 1.0
+        else:
+            step_s = median([r[name] for r in rounds])
+            measured = median([r[name] / c for r, c in zip(rounds, ce_round, strict=True)])
+        derived = (ce_step + loss_alone[name] - loss_alone["ce"]) / ce_step
+        rows.append(
+            [
+                name,
+                f"{tokens / step_s:,.0f}",
+                f"{step_s:.2f}",
+                fmt_ratio(measured, STEP_TARGET if name != "ce" else None),
+                f"{loss_alone[name] * 1e3:.0f}",
+                fmt_ratio(derived, STEP_TARGET if name != "ce" else None),
+            ]
+        )
+    rows.append(
+        [
+            "torch F.cross_entropy",
+            "",
+            "",
+            "",
+            f"{loss_alone['torch F.cross_entropy'] * 1e3:.0f}",
+            "",
+        ]
+    )
+    print_table(
+        f"Part 2: random Llama, {n_params / 1e6:.0f}M parameters, vocab {vocab}, batch "
+        f"{batch} x {length} tokens, answer mask on the last {answer}; {len(rounds)} round(s) "
+        f"of one step per variant between CE steps; loss alone: median of {loss_rounds}",
+        ["loss", "tokens/s", "step s", "step vs CE", "loss fwd+bwd ms", "step vs CE*"],
+        rows,
+    )
+    print(
+        "  step vs CE: median over rounds of the step / the mean of the CE steps around it.\n"
+        "  * = (CE step + loss(X) - loss(CE)) / CE step: the model's forward and backward\n"
+        "    are the same work for every loss, so the loss alone carries the difference;\n"
+        "    this isolates it from the step-to-step noise of a loaded machine."
+    )
+    return rows
+
+
+# --------------------------------------------------------------------------- part 3: Ray
+
+
+def plain_train(cfg: Any, out_dir: str | Path) -> tuple[dict[str, Any], list[float]]:
+    """``lossearch.train.train(cfg, out_dir)`` for one worker and one seed, without Ray.
+
+    The same steps as ``train`` + ``train_loop_per_worker``: config.yaml, data, loss, model
+    and optimizer (``build_replica`` minus ``prepare_model``, a no-op for one CPU worker), per
+    epoch ``train_epoch``, the greedy eval, the checkpoint written to a temporary directory
+    and copied into the run directory (2 kept, as ``CheckpointConfig(num_to_keep=2)``), then
+    ``checkpoint/`` and ``metrics.jsonl``. Returns the last metrics and the wall-clock time
+    (``time.time()``) at the end of each epoch.
+    """
+    from transformers import get_scheduler
+
+    from lossearch.checkpointing import read_state, write_checkpoint
+    from lossearch.config import dump_config
+    from lossearch.losses import build_loss
+    from lossearch.models import load_model_and_tokenizer
+    from lossearch.tasks import load_task, tokenize
+    from lossearch.train import Replica, evaluate, mean_over_seeds, summary_line, train_epoch
+
+    out = Path(out_dir).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    dump_config(cfg, out / "config.yaml")
+    torch.set_num_threads(max(1, int(cfg.scaling.cpus_per_worker)))
+    device = torch.device("cpu")
+
+    data = load_task(cfg.task)
+    loss_fn = build_loss(cfg.loss)
+    steps_per_epoch = len(data.train) // cfg.optim.batch_size // cfg.optim.grad_accum
+    total_steps = min(cfg.optim.max_steps or 10**12, steps_per_epoch * cfg.optim.epochs)
+    epochs = math.ceil(total_steps / steps_per_epoch)
+    torch.manual_seed(cfg.seed)
+    model, tokenizer = load_model_and_tokenizer(cfg.model, seed=cfg.seed)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+    scheduler = get_scheduler(
+        cfg.optim.scheduler,
+        optimizer,
+        num_warmup_steps=min(cfg.optim.warmup_steps, total_steps),
+        num_training_steps=total_steps,
+    )
+    rep = Replica(cfg.seed, model, tokenizer, optimizer, scheduler)
+    features, _ = tokenize(data.train, tokenizer, cfg.task.max_length)
+
+    history: list[dict[str, Any]] = []
+    kept: list[Path] = []
+    epoch_ends: list[float] = []
+    for epoch in range(1, epochs + 1):
+        step_cap = total_steps - (epoch - 1) * steps_per_epoch
+        stats = train_epoch(rep, features, loss_fn, cfg, epoch, device, 0, 1, step_cap)
+        if epoch % cfg.eval.every_epochs == 0 or epoch == epochs:
+            stats.update(evaluate(rep, data, cfg, device))
+        metrics = {"epoch": epoch, **mean_over_seeds({rep.seed: stats})}
+        history.append(metrics)
+        with tempfile.TemporaryDirectory() as tmp:
+            print(f"[plain] {summary_line(metrics)}", flush=True)
+            write_checkpoint(tmp, epoch, history, [rep])
+            dst = out / "plain_train" / f"checkpoint_{epoch}"
+            shutil.copytree(tmp, dst)
+            kept.append(dst)
+            while len(kept) > 2:
+                shutil.rmtree(kept.pop(0))
+        epoch_ends.append(time.time())
+    _, history = read_state(kept[-1])
+    final = out / "checkpoint"
+    if final.exists():
+        shutil.rmtree(final)
+    shutil.copytree(kept[-1], final)
+    (out / "metrics.jsonl").write_text("".join(_json(h) + "\n" for h in history))
+    return history[-1], epoch_ends
+
+
+def _json(obj: Any) -> str:
+    import json
+
+    return json.dumps(obj)
+
+
+class _ReportTimes:
+    """A Ray Train ``UserCallback`` (runs in the controller) that appends the wall-clock
+    time of each persisted report to a file; built lazily so Ray is imported only here."""
+
+    @staticmethod
+    def make(path: str) -> Any:
+        from ray.train import UserCallback
+
+        class ReportTimes(UserCallback):
+            def after_report(self, run_context: Any, metrics: Any, checkpoint: Any) -> None:
+                with open(path, "a") as f:
+                    f.write(f"{time.time()}\n")
+
+        return ReportTimes()
+
+
+@contextmanager
+def report_times(path: str):
+    """Make ``lossearch.train.train`` add a :class:`_ReportTimes` callback to its trainer.
+
+    Only the driver-side ``build_trainer`` lookup is wrapped; the trainer, the worker loop and
+    everything ``train`` does are unchanged (the callback appends one line per report).
+    """
+    import lossearch.train as lt
+
+    original = lt.build_trainer
+
+    def wrapped(cfg: Any, **kwargs: Any) -> Any:
+        kwargs["callbacks"] = [*(kwargs.get("callbacks") or []), _ReportTimes.make(path)]
+        return original(cfg, **kwargs)
+
+    lt.build_trainer = wrapped
+    try:
+        yield
+    finally:
+        lt.build_trainer = original
+
+
+def ray_train_timed(cfg: Any, out_dir: Path) -> tuple[dict[str, Any], list[float]]:
+    """``lossearch.train.train(cfg, out_dir)``; returns its metrics and the report times."""
+    from lossearch.train import train
+
+    times_file = out_dir.with_suffix(".reports")
+    with report_times(str(times_file)):
+        final = train(cfg, out_dir)
+    ends = [float(x) for x in times_file.read_text().split()] if times_file.exists() else []
+    return final, ends
+
+
+def bench_ray(cfg: Any, rounds: int) -> list[list[str]]:
+    """Part 3: ``rounds`` pairs of runs in the order plain, Ray, Ray, plain, ..."""
+    import ray
+
+    from lossearch.train import init_ray
+
+    work = Path(tempfile.mkdtemp(prefix="lossearch-bench-"))
+    threads = torch.get_num_threads()
+    t0 = time.perf_counter()
+    init_ray(None)
+    t_init = time.perf_counter() - t0
+    runs: dict[str, list[dict[str, float]]] = {"plain": [], "ray": []}
+    order = [("plain", "ray") if i % 2 == 0 else ("ray", "plain") for i in range(rounds)]
+    try:
+        for i, pair in enumerate(order):
+            for kind in pair:
+                out = work / f"{kind}{i}"
+                start = time.time()
+                if kind == "plain":
+                    final, ends = plain_train(cfg, out)
+                    torch.set_num_threads(threads)
+                else:
+                    final, ends = ray_train_timed(cfg, out)
+                stop = time.time()
+                runs[kind].append(
+                    {
+                        "total": stop - start,
+                        "first": ends[0] - start if ends else float("nan"),
+                        "between": ends[-1] - ends[0] if ends else float("nan"),
+                        "tail": stop - ends[-1] if ends else float("nan"),
+                        "exact_match": float(final.get("exact_match", float("nan"))),
+                    }
+                )
+                r = runs[kind][-1]
+                print(
+                    f"  {kind:5s} run {i}: {r['total']:.1f} s (to 1st epoch end {r['first']:.1f}"
+                    f", epochs 2..n {r['between']:.1f}, after last epoch {r['tail']:.1f}), "
+                    f"exact_match {r['exact_match']:.3f}",
+                    flush=True,
+                )
+    finally:
+        ray.shutdown()
+        shutil.rmtree(work, ignore_errors=True)
+
+    def med(kind: str, key: str) -> float:
+        return median([r[key] for r in runs[kind]])
+
+    ratio = med("ray", "total") / med("plain", "total")
+    with_init = (med("ray", "total") + t_init) / med("plain", "total")
+    rows = [
+        [
+            "whole run",
+            f"{med('plain', 'total'):.1f}",
+            f"{med('ray', 'total'):.1f}",
+            f"{med('ray', 'total') - med('plain', 'total'):+.1f}",
+            fmt_ratio(ratio, RAY_TARGET),
+        ],
+        [
+            "  start to end of epoch 1",
+            f"{med('plain', 'first'):.1f}",
+            f"{med('ray', 'first'):.1f}",
+            f"{med('ray', 'first') - med('plain', 'first'):+.1f}",
+            "",
+        ],
+        [
+            "  end of epoch 1 to last",
+            f"{med('plain', 'between'):.1f}",
+            f"{med('ray', 'between'):.1f}",
+            f"{med('ray', 'between') - med('plain', 'between'):+.1f}",
+            "",
+        ],
+        [
+            "  last epoch end to return",
+            f"{med('plain', 'tail'):.1f}",
+            f"{med('ray', 'tail'):.1f}",
+            f"{med('ray', 'tail') - med('plain', 'tail'):+.1f}",
+            "",
+        ],
+        [
+            "whole run + ray.init",
+            f"{med('plain', 'total'):.1f}",
+            f"{med('ray', 'total') + t_init:.1f}",
+            f"{med('ray', 'total') + t_init - med('plain', 'total'):+.1f}",
+            fmt_ratio(with_init, RAY_TARGET),
+        ],
+    ]
+    steps = cfg.optim.epochs * (len_train(cfg) // cfg.optim.batch_size)
+    print_table(
+        f"Part 3: lossearch.train.train (Ray Train V2) vs the same work in a plain loop; "
+        f"{cfg.optim.epochs} epochs, {steps} steps, eval on {cfg.task.eval_size} each epoch; "
+        f"median of {rounds} run(s) each; ray.init once: {t_init:.1f} s",
+        ["", "plain s", "Ray s", "Ray - plain", "Ray / plain"],
+        rows,
+    )
+    print(
+        "  (Ray times per epoch are when the controller has persisted the report and its\n"
+        "   checkpoint; plain times when the checkpoint copy is done. Ray's 'to end of epoch 1'\n"
+        "   includes starting the worker process, its imports and the worker group.)"
+    )
+    return rows
+
+
+def len_train(cfg: Any) -> int:
+    from lossearch.tasks import load_task
+
+    return len(load_task(cfg.task).train)
+
+
+def ray_config(quick: bool, epochs: int | None, target_s: float) -> Any:
+    """The config of part 3: the default config (arith, tiny, 200 steps per epoch, eval on 200)
+    with ``epochs`` epochs, or, when None, as many as make the plain loop take about
+    ``target_s`` seconds, from a 1-epoch plain run timed first. ``quick``: 2 short epochs."""
+    from lossearch.config import load_config
+
+    if quick:
+        return load_config(
+            None,
+            [
+                "name=bench-quick",
+                "task.arith_train_size=640",
+                "task.eval_size=50",
+                "optim.epochs=2",
+                "optim.warmup_steps=5",
+            ],
+        )
+    if epochs is None:
+        threads = torch.get_num_threads()
+        with tempfile.TemporaryDirectory() as tmp:
+            t0 = time.perf_counter()
+            plain_train(load_config(None, ["name=calibrate", "optim.epochs=1"]), tmp)
+            one = time.perf_counter() - t0
+        torch.set_num_threads(threads)
+        epochs = max(1, round(target_s / one))
+        print(f"  calibration: 1 epoch in the plain loop took {one:.1f} s -> {epochs} epochs")
+    return load_config(None, ["name=bench", f"optim.epochs={epochs}"])
+
+
+# --------------------------------------------------------------------------- main
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="small smoke run, no 110M model")
+    p.add_argument("--skip-100m", action="store_true", help="skip part 2")
+    p.add_argument("--skip-ray", action="store_true", help="skip part 3")
+    p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
+    p.add_argument("--ray-rounds", type=int, default=None, help="plain/Ray pairs (full: 2)")
+    p.add_argument(
+        "--ray-epochs",
+        type=int,
+        default=None,
+        help="epochs of the part-3 run (default: calibrated to ~2 minutes in the plain loop)",
+    )
+    args = p.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+    started = time.perf_counter()
+    print(
+        f"lossearch benchmarks/train_step.py ({'quick' if args.quick else 'full'}); "
+        f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), "
+        f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}",
+        flush=True,
+    )
+    verdicts: list[tuple[str, float, float]] = []
+
+    rows = bench_tiny(rounds=5 if args.quick else 15, steps=3 if args.quick else 5)
+    worst = max(float(r[3].split("x")[0]) for r in rows if r[0].startswith("ce+"))
+    verdicts.append(("tiny: worst composite step / CE step", worst, STEP_TARGET))
+
+    if not (args.quick or args.skip_100m):
+        t0 = time.perf_counter()
+        rows = bench_100m(batch=4, length=128, answer=32, loss_rounds=5, budget_s=120)
+        comp = [r for r in rows if r[0].startswith("ce+")]
+        worst = max(float(r[3].split("x")[0]) for r in comp)
+        verdicts.append(("110M: worst composite step / CE step, measured", worst, STEP_TARGET))
+        worst = max(float(r[5].split("x")[0]) for r in comp)
+        verdicts.append(("110M: the same from the loss alone (*)", worst, STEP_TARGET))
+        print(f"  (part 2 took {time.perf_counter() - t0:.0f} s)")
+
+    if not args.skip_ray:
+        rounds = args.ray_rounds or (1 if args.quick else 2)
+        rows = bench_ray(ray_config(args.quick, args.ray_epochs, 120.0), rounds)
+        verdicts.append(("Ray Train run / plain loop", float(rows[0][4].split("x")[0]), RAY_TARGET))
+
+    print_table(
+        "Targets",
+        ["measure", "ratio", "target", "met"],
+        [
+            [name, f"{value:.3f}x", f"<= {target}x", "yes" if value <= target else "NO"]
+            for name, value, target in verdicts
+        ],
+    )
+    print(
+        f"\ntotal {time.perf_counter() - started:.0f} s; load average now "
+        f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,83 @@
+"""Cheap checks of a training config in the calling process, before Ray starts.
+
+Everything a training would otherwise find out only inside a Ray Train worker, tens of
+seconds later and as a traceback: the task and its data files, the model path and its
+tokenizer, whether any training example fits in ``task.max_length``, and whether there is
+at least one optimizer step per epoch. :func:`preflight` raises the same one-line
+:class:`~lossearch.errors.LossearchError` the worker would.
+
+``lossearch train`` checks its config, ``lossearch search`` its base config (values a trial
+samples, e.g. a searched ``task.max_length``, are checked by the trial itself).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from lossearch.config import ModelConfig, TrainConfig
+from lossearch.errors import LossearchError
+
+
+def _looks_like_path(name: str) -> bool:
+    """The rule of :func:`lossearch.models.load_model_and_tokenizer`: a path, not a hub id."""
+    return name.startswith(("/", "./", "../", "~")) or name in (".", "..") or os.path.isdir(name)
+
+
+def _check_model_path(name: str) -> None:
+    if not _looks_like_path(name):
+        return
+    path = Path(name).expanduser()
+    if not path.exists():
+        raise LossearchError(f"model path does not exist: {name}")
+    if not path.is_dir():
+        raise LossearchError(f"model path is not a directory: {name}")
+
+
+def _tokenizer(cfg: ModelConfig) -> Any:
+    """The model's tokenizer, without loading its weights (except ``tiny``'s, which is free)."""
+    from lossearch.models import TINY, load_model_and_tokenizer
+
+    if cfg.name_or_path == TINY:
+        return load_model_and_tokenizer(cfg)[1]  # also refuses tiny + LoRA
+    from transformers import AutoConfig, AutoTokenizer
+
+    name = cfg.name_or_path
+    _check_model_path(name)
+    is_local = _looks_like_path(name)
+    source = str(Path(name).expanduser()) if is_local else name
+    try:
+        AutoConfig.from_pretrained(source)
+        return AutoTokenizer.from_pretrained(source)
+    except (OSError, ValueError, KeyError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        if is_local:
+            raise LossearchError(f"cannot load model from {name}: {first}") from None
+        raise LossearchError(
+            f"cannot load model '{name}': not a local directory, and not loadable from the "
+            f"Hugging Face hub (offline, or no such id): {first}"
+        ) from None
+
+
+def preflight(cfg: TrainConfig) -> None:
+    """Raise :class:`LossearchError` for what would make every worker of ``cfg`` fail.
+
+    Checks: the task exists and its train/eval data load and are not empty; the model path
+    exists and its tokenizer loads; at least one training example fits in
+    ``task.max_length``; one epoch has at least one optimizer step.
+    """
+    from lossearch.losses import build_loss
+    from lossearch.tasks import load_task, tokenize
+
+    build_loss(cfg.loss)
+    _check_model_path(cfg.model.name_or_path)  # before the slow imports and data loading
+    data = load_task(cfg.task)
+    tokenizer = _tokenizer(cfg.model)
+    features, _ = tokenize(data.train, tokenizer, cfg.task.max_length)
+    o, world = cfg.optim, cfg.scaling.num_workers
+    if len(features) // (o.batch_size * world) // o.grad_accum < 1:
+        raise LossearchError(
+            f"{len(features)} training examples are fewer than one optimizer step "
+            f"({o.batch_size} x {world} workers x {o.grad_accum} accumulation)"
+        )

@@ -1,0 +1,165 @@
+"""Bad input through the whole command line: one line on stderr, exit 2, nothing changed.
+
+Every case runs ``.venv/bin/lossearch`` as a subprocess (cwd = a temporary directory) and
+checks: exit status 2; stderr is exactly one non-empty line, ``error: ...``, naming the
+problem, with no traceback; and nothing was written: the pre-made experiment directory
+``exps/existing`` (a ``lossearch_search.yaml`` plus Tune-like files) hashes the same before
+and after every case, no other experiment appears under ``exps/``, and no ``runs/`` folder
+(``lossearch train``'s default output) is created. None of these cases may start Ray: each
+is checked before ``ray.init`` (the whole table runs in seconds, with 2 cases at a time).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests import procs
+from tests.procs import REPO
+
+QUICK = REPO / "search_spaces" / "quick.yaml"
+SMALL = ["task.arith_train_size=320", "task.eval_size=20", "optim.epochs=1"]
+
+
+def _space(**space: Any) -> dict[str, Any]:
+    return {
+        "base": {"task": {"name": "arith", "arith_train_size": 320, "eval_size": 20}},
+        "search": {"sampler": "random", "num_samples": 2},
+        "space": {"loss.family": "ce", "optim.lr": {"low": 1e-3, "high": 1e-2}, **space},
+    }
+
+
+def _make_files(root: Path) -> None:
+    """Input files of the cases, and the pre-made experiment every case must leave alone."""
+    (root / "bad.yaml").write_text("task:\n  name: arith\n  eval_size: [1, 2\nseed: 0\n")
+    (root / "space_empty_choices.yaml").write_text(
+        yaml.safe_dump(_space(**{"optim.batch_size": {"choices": []}}))
+    )
+    (root / "empty.jsonl").write_text("")
+    rows = [{"prompt": f"question {i}: 1 + {i} =", "target": f"{1 + i}"} for i in range(40)]
+    (root / "ok.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    long_rows = [{"prompt": "a very long question " * 4 + str(i), "target": "1"} for i in range(40)]
+    (root / "long.jsonl").write_text("".join(json.dumps(r) + "\n" for r in long_rows))
+    (root / "not_an_experiment").mkdir()
+    (root / "not_an_experiment" / "notes.txt").write_text("just a folder\n")
+    exp = root / "exps" / "existing"
+    (exp / "run_trial_0001").mkdir(parents=True)
+    meta = {"space": _space(), "base_config": {"task": {"name": "arith"}}, "metric":
+            "exact_match", "mode": "max", "num_seeds": 1, "seeds": [0]}
+    (exp / "lossearch_search.yaml").write_text(yaml.safe_dump(meta))
+    (exp / "run_trial_0001" / "params.json").write_text('{"loss.family": "ce"}')
+    (exp / "run_trial_0001" / "result.json").write_text('{"epoch": 1, "exact_match": 0.5}\n')
+    (exp / "trainings").mkdir()
+
+
+# (case id, argv, a fragment the one error line must contain)
+CASES: list[tuple[str, list[str], str]] = [
+    # ---- lossearch train
+    ("train-malformed-yaml", ["train", "--config", "bad.yaml"], "malformed YAML"),
+    ("train-unknown-loss", ["train", "loss.nope=1"], "nope"),
+    ("train-negative-gamma", ["train", "loss.focal.weight=0.5", "loss.focal.gamma=-1"], "gamma"),
+    (
+        "train-missing-data-file",
+        ["train", "task.name=jsonl", "task.train_file=missing.jsonl", "task.eval_file=ok.jsonl"],
+        "missing.jsonl",
+    ),
+    (
+        "train-empty-dataset",
+        ["train", "task.name=jsonl", "task.train_file=empty.jsonl", "task.eval_file=ok.jsonl"],
+        "empty.jsonl",
+    ),
+    ("train-out-not-a-run", ["train", "--out", "not_an_experiment", *SMALL], "not a lossearch run"),
+    # ---- lossearch search (into exps/, where the pre-made experiment lives)
+    ("search-malformed-yaml", ["search", "--space", "bad.yaml"], "malformed YAML"),
+    ("search-empty-choice-list", ["search", "--space", "space_empty_choices.yaml"],
+     "empty choice list"),
+    ("search-unknown-task", ["search", "--space", str(QUICK), "task.name=nope"], "unknown task"),
+    ("search-all-weights-zero", ["search", "--space", str(QUICK), "loss.ce=0"], "positive weight"),
+    ("search-missing-model", ["search", "--space", str(QUICK),
+                              "model.name_or_path=/no/such/model"], "/no/such/model"),
+    (
+        "search-prompts-too-long",
+        ["search", "--space", str(QUICK), "task.name=jsonl", "task.train_file=long.jsonl",
+         "task.eval_file=ok.jsonl", "task.max_length=16"],
+        "max_length",
+    ),
+    ("search-existing-name", ["search", "--space", str(QUICK), "--name", "existing", *SMALL],
+     "already exists"),
+    # ---- resume / export / analyze on paths that are not (complete) experiments
+    ("resume-not-an-experiment", ["resume", "not_an_experiment"], "not a lossearch experiment"),
+    ("resume-no-tune-state", ["resume", "exps/existing"], "no experiment state"),
+    ("export-not-an-experiment", ["export", "not_an_experiment"], "not a lossearch experiment"),
+    ("analyze-not-an-experiment", ["analyze", "not_an_experiment"], "not_an_experiment"),
+    ("analyze-no-tune-state", ["analyze", "exps/existing"], "existing"),
+]
+SEARCH_NAME = "fresh"  # search cases write (nothing) into exps/fresh
+
+
+def _tree_hash(root: Path) -> str:
+    """Hash of every path, file mode and file content under ``root``."""
+    h = hashlib.sha256()
+    for path in sorted(root.rglob("*")):
+        rel = path.relative_to(root).as_posix()
+        h.update(f"{rel}\0{oct(path.stat().st_mode)}\0".encode())
+        if path.is_file():
+            h.update(path.read_bytes())
+    return h.hexdigest()
+
+
+def _argv(args: list[str]) -> list[str]:
+    if args[0] == "search" and "--name" not in args:
+        return [*args, "--storage", "exps", "--name", SEARCH_NAME]
+    if args[0] == "search":
+        return [*args, "--storage", "exps"]
+    return args
+
+
+@pytest.fixture(scope="module")
+def outcomes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """Run every case once (2 at a time); each in its own copy-free cwd sharing the inputs."""
+    root = tmp_path_factory.mktemp("bad_input")
+    _make_files(root)
+    before = _tree_hash(root / "exps")
+
+    def run(case: tuple[str, list[str], str]) -> tuple[str, subprocess.CompletedProcess[str]]:
+        t0 = time.monotonic()
+        done = procs.run_cli(_argv(case[1]), cwd=root, timeout=120)
+        done.elapsed = time.monotonic() - t0  # type: ignore[attr-defined]
+        return case[0], done
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        results = dict(pool.map(run, CASES))
+    return {
+        "results": results,
+        "root": root,
+        "exps_before": before,
+        "exps_after": _tree_hash(root / "exps"),
+        "exps_listing": sorted(p.name for p in (root / "exps").iterdir()),
+    }
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_bad_input_is_one_line_exit_2(case: tuple[str, list[str], str], outcomes: dict) -> None:
+    name, _, fragment = case
+    done = outcomes["results"][name]
+    line = procs.error_line(done)
+    assert fragment in line, line
+    assert done.elapsed < 60, f"{name} took {done.elapsed:.0f} s: did it start Ray?"
+
+
+def test_nothing_was_written(outcomes: dict) -> None:
+    root: Path = outcomes["root"]
+    assert outcomes["exps_after"] == outcomes["exps_before"]
+    assert outcomes["exps_listing"] == ["existing"]  # no exps/fresh from the search cases
+    assert not (root / "runs").exists()  # lossearch train's default output
+    assert not (root / "best.yaml").exists()
+    assert sorted(os.listdir(root / "not_an_experiment")) == ["notes.txt"]

@@ -1,0 +1,155 @@
+"""The search end to end: real Ray Tune + Optuna + Ray Train, resume after SIGKILL, export."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import EASY_BASE
+
+from analysis import load_trials
+from lossearch.config import load_config
+from lossearch.search.export import export_best
+from lossearch.train import train
+
+pytestmark = pytest.mark.slow
+
+
+def test_search_runs_every_trial_once(small_search):
+    df = load_trials([small_search])
+    assert df["trial_id"].nunique() == 5 and len(df) == 5
+    assert sorted(df["loss"]) == ["ce", "ce", "focal", "poly1", "tversky"]
+    assert (small_search / "lossearch_search.yaml").is_file()
+
+
+def test_conditional_parameters_only_where_they_apply(small_search):
+    df = load_trials([small_search])
+
+    def present(col: str, families: set[str]) -> bool:
+        """``col`` is set on every trial of ``families`` and on no other trial."""
+        mine = df["loss"].isin(families)
+        return bool(df.loc[mine, col].notna().all() and df.loc[~mine, col].isna().all())
+
+    assert present("param.loss.focal.gamma", {"focal"})
+    assert present("param.loss.tversky.alpha", {"tversky"})
+    assert present("param.loss.tversky.beta", {"tversky"})
+    assert present("param.loss.poly1.epsilon", {"poly1"})
+    assert present("param.loss.ce.weight", {"focal", "tversky", "poly1"})
+
+
+def test_asha_prunes_and_divergence_fails_the_trial(small_search):
+    df = load_trials([small_search])
+    pruned = df[df["status"] == "pruned"]
+    assert len(pruned) >= 1
+    assert ((pruned["param.optim.lr"] - 1e-7).abs() < 1e-12).any()
+    errored = df[df["status"] == "errored"]
+    assert list(errored["loss"]) == ["poly1"]
+    assert "loss became" in errored["error"].iloc[0]
+    finished = df[df["status"] == "finished"]
+    assert len(finished) >= 2 and (finished["epochs"] == 2).all()
+
+
+def test_export_then_train_reproduces_the_metric(small_search, tmp_path):
+    out = export_best(str(small_search), out=tmp_path / "best.yaml")[0]
+    header = out.read_text().splitlines()[0]
+    expected = float(header.split("final exact_match ")[1].split()[0])
+    cfg = load_config(out)
+    assert cfg.seed == 0 and cfg.task.arith_max_operand == 5
+    last = train(cfg, out_dir=tmp_path / "rerun")
+    assert abs(last["exact_match"] - expected) <= 0.02
+
+
+def test_export_per_loss_writes_one_file_per_family(small_search, tmp_path):
+    paths = export_best(str(small_search), out=tmp_path / "best.yaml", per_loss=True)
+    names = sorted(p.name for p in paths)
+    # errored trials are never exported; ce, focal and tversky finished
+    assert {"best-ce.yaml", "best-focal.yaml", "best-tversky.yaml"} <= set(names)
+    assert "best-poly1.yaml" not in names
+    for p in paths:
+        load_config(p)
+
+
+# --------------------------------------------------------------------------- SIGKILL + resume
+
+
+def _session_pids(sid: int) -> list[int]:
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if os.getsid(int(entry)) == sid:
+                    pids.append(int(entry))
+            except (ProcessLookupError, PermissionError):
+                pass
+    return pids
+
+
+def _kill_session(sid: int) -> None:
+    for pid in _session_pids(sid):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def _reported_trials(exp: Path) -> int:
+    return sum(1 for p in exp.glob("*/result.json") if p.stat().st_size > 0)
+
+
+def test_sigkill_then_resume_completes_n_unique_trials(tmp_path):
+    space = {
+        "base": {**EASY_BASE, "optim": {**EASY_BASE["optim"], "epochs": 2}},
+        "search": {"sampler": "random", "seed": 1, "scheduler": "fifo"},
+        "space": {
+            "loss.family": {"choices": {"ce": {}, "focal": {"loss.focal.gamma": {
+                "low": 0.5, "high": 3.0}}}},
+            "loss.ce.weight": {"low": 0.3, "high": 0.9},
+            "optim.lr": {"low": 2e-3, "high": 8e-3, "log": True},
+        },
+    }
+    space_file = tmp_path / "space.yaml"
+    space_file.write_text(yaml.safe_dump(space))
+    cli = [sys.executable, "-m", "lossearch.cli"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    exp = tmp_path / "exps" / "kill"
+    log = open(tmp_path / "search.log", "w")
+    proc = subprocess.Popen(
+        [*cli, "search", "--space", str(space_file), "-n", "4", "--max-concurrent", "2",
+         "--storage", str(tmp_path / "exps"), "--name", "kill"],
+        cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+    )
+    try:
+        deadline = time.time() + 240
+        while _reported_trials(exp) < 1 and time.time() < deadline and proc.poll() is None:
+            time.sleep(1)
+        assert _reported_trials(exp) >= 1, (tmp_path / "search.log").read_text()[-3000:]
+    finally:
+        _kill_session(proc.pid)
+        proc.wait()
+    assert load_trials([exp])["trial_id"].nunique() <= 4
+
+    done = subprocess.run([*cli, "resume", str(exp)], cwd=tmp_path, capture_output=True,
+                          text=True, env=env, timeout=600, start_new_session=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    df = load_trials([exp])
+    assert df["trial_id"].nunique() == 4 and len(df) == 4
+    assert set(df["status"]) == {"finished"}
+    assert (df["epochs"] == 2).all()
+    configs = df[[c for c in df.columns if c.startswith("param.")]].round(12)
+    assert not configs.duplicated().any()
+    # every JSON file Tune and lossearch left is whole (search_gen_state-*.json is a pickle)
+    for path in exp.rglob("*.json"):
+        if not path.name.startswith("search_gen_state"):
+            json.loads(path.read_text())
+    for path in exp.rglob("result.json"):
+        for line in path.read_text().splitlines():
+            assert math.isfinite(json.loads(line)["epoch"])
+    assert "best config:" in done.stdout
