@@ -366,6 +366,7 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
 
     if ray.is_initialized():
         return
+    address = address or os.environ.get("RAY_ADDRESS") or None  # ray.init reads it too
     check_ray_address(address)
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
     # Ray's own INFO/WARNING chatter (worker-group start-up, state-API polling without a

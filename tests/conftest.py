@@ -69,3 +69,8 @@ def small_search(ray_local, tmp_path_factory):
     exp = run_search(SEARCH_SPACE, num_samples=5, max_concurrent=2, storage=str(storage),
                      name="small", verbose=0)
     return Path(exp)
+
+
+# The 2-node Ray cluster, the S3 server and the search on both, shared by test_cluster.py and
+# test_s3.py (one search: a cluster needs shared storage anyway).
+from tests.clusters import cluster_s3_search, moto_s3, ray_cluster  # noqa: E402, F401

@@ -102,6 +102,17 @@ def run_cli(
     return subprocess.CompletedProcess(argv, proc.returncode, out, err)
 
 
+def run_clis(
+    commands: Sequence[Sequence[str | os.PathLike[str]]], *, parallel: int = 2, **kw: Any
+) -> list[subprocess.CompletedProcess[str]]:
+    """:func:`run_cli` for several commands, ``parallel`` at a time (start-up is mostly
+    imports and waiting); results in the order given."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=parallel) as pool:
+        return list(pool.map(lambda args: run_cli(args, **kw), commands))
+
+
 def error_line(done: subprocess.CompletedProcess[str]) -> str:
     """The one line a user error prints: exit 2, one non-empty stderr line, no traceback."""
     lines = [line for line in done.stderr.splitlines() if line.strip()]

@@ -96,7 +96,7 @@ CASES: list[tuple[str, list[str], str]] = [
      "already exists"),
     # ---- resume / export / analyze on paths that are not (complete) experiments
     ("resume-not-an-experiment", ["resume", "not_an_experiment"], "not a lossearch experiment"),
-    ("resume-no-tune-state", ["resume", "exps/existing"], "no experiment state"),
+    ("resume-no-tune-state", ["resume", "exps/existing"], "incomplete"),
     ("export-not-an-experiment", ["export", "not_an_experiment"], "not a lossearch experiment"),
     ("analyze-not-an-experiment", ["analyze", "not_an_experiment"], "not_an_experiment"),
     ("analyze-no-tune-state", ["analyze", "exps/existing"], "existing"),

@@ -7,8 +7,9 @@ the loss is NaN by the third step). The drivers (``lossearch search``, then ``lo
 resume``) are subprocesses in their own sessions; each is SIGKILLed together with every
 process of its session (Ray's included), each by its pid:
 
-1. ``search``: killed *before* any trial reports (Tune has saved its state, the trials'
-   folders exist, no result yet).
+1. ``search``: killed *before* any trial reports, at the earliest point: as soon as the
+   driver has written ``lossearch_search.yaml``, while Ray starts and before Tune has saved
+   any state (a window of several seconds). ``resume`` starts such a search over.
 2. ``resume``: as soon as ``healthy``'s first checkpoint is registered (listed in Ray Train's
    ``checkpoint_manager_snapshot.json``), the Ray Train worker process that reported it (pid
    from the ``worker_pid`` metric) is SIGKILLed: a worker fault. Ray Train restarts the
@@ -135,21 +136,18 @@ def chaos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     def run(argv: list[Any], n: int) -> subprocess.Popen[bytes]:
         return procs.start(argv, log=root / f"driver{n}.log", cwd=root, env=env)
 
-    # 1. killed before any trial reports
+    # 1. killed before any trial reports: before Tune has saved anything
     p = run(search, 1)
     try:
-        procs.wait_until(
-            lambda: len(trial_dirs(exp)) == N_TRIALS and statuses(exp), 180, "trials to start"
-        )
-        seen["rows_at_kill1"] = sum(len(results(d)) for d in trial_dirs(exp).values())
-        seen["checkpoints_at_kill1"] = len(list(exp.glob("trainings/*/checkpoint_*")))
+        procs.wait_for_file(exp / "lossearch_search.yaml", 120)
     finally:
         procs.kill_driver(p)
+    seen["files_at_kill1"] = sorted(f.name for f in exp.iterdir())
 
     # 2. a worker killed after the first report, the driver killed during the reports
     p = run(resume, 2)
     try:
-        healthy_id, healthy = procs.wait_until(lambda: by_lr(exp, HEALTHY_LR), 60, "healthy")
+        healthy_id, healthy = procs.wait_until(lambda: by_lr(exp, HEALTHY_LR), 120, "healthy")
         first = procs.wait_until(
             lambda: registered(exp, healthy_id), 240, "healthy's first checkpoint"
         )
@@ -191,7 +189,7 @@ def chaos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 @pytest.mark.slow
 def test_kills_landed_where_intended(chaos: dict[str, Any]) -> None:
-    assert chaos["rows_at_kill1"] == 0 and chaos["checkpoints_at_kill1"] == 0  # before
+    assert chaos["files_at_kill1"] == ["lossearch_search.yaml"]  # before anything ran
     assert chaos["victim_in_session"] and "RayTrainWorker" in chaos["victim_cmd"]
     assert chaos["status_at_kill2"] != "TERMINATED"  # during the trial's reports
     assert chaos["last_epoch_at_kill2"] < EPOCHS
@@ -279,14 +277,14 @@ TINY_RUN = ["task.arith_train_size=320", "task.eval_size=20", "optim.epochs=1"]
 def test_storage_under_a_regular_file_is_one_line_error(tmp_path: Path) -> None:
     """ENOTDIR: ``--storage``/``--out`` below a regular file (root ignores chmod, so no 555)."""
     (tmp_path / "file.txt").write_text("not a folder\n")
-    line = procs.error_line(
-        procs.run_cli(["search", "--space", QUICK, "--storage", "file.txt/sub", "--name", "e"],
-                      cwd=tmp_path)
+    search, train = procs.run_clis(
+        [["search", "--space", QUICK, "--storage", "file.txt/sub", "--name", "e"],
+         ["train", "--out", "file.txt/run", *TINY_RUN]],
+        cwd=tmp_path,
     )
+    line = procs.error_line(search)
     assert "cannot write experiment directory" in line and "Not a directory" in line
-    line = procs.error_line(
-        procs.run_cli(["train", "--out", "file.txt/run", *TINY_RUN], cwd=tmp_path)
-    )
+    line = procs.error_line(train)
     assert "cannot write run directory" in line and "Not a directory" in line
     assert sorted(os.listdir(tmp_path)) == ["file.txt"]
 

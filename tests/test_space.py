@@ -124,8 +124,33 @@ def test_quick_is_the_cpu_demo() -> None:
     assert sp.base["task"]["name"] == "arith"
     assert sp.base["model"]["name_or_path"] == "tiny"
     assert sp.sampler == "tpe"
-    assert sp.settings["num_samples"] == 6
+    assert sp.settings["num_samples"] == 8
     assert set(sp.family_names) == set(space_mod.LOSS_FAMILIES)
+    assert sp.settings["first_points"][0]["loss.family"] == "ce"
+
+
+def test_first_points_are_the_first_trials() -> None:
+    import optuna
+
+    sp = load_space(SPACES / "quick.yaml")
+    study = optuna.create_study(direction="maximize", sampler=sp.make_sampler(0))
+    for point in sp.settings["first_points"]:
+        study.enqueue_trial(point)
+    flats = []
+    for _ in range(len(sp.settings["first_points"])):
+        trial = study.ask()
+        flats.append(sp.define_by_run(trial))
+        study.tell(trial, 0.5)
+    assert [f["loss.family"] for f in flats] == ["ce", "focal", "lovasz"]
+    assert flats[1]["loss.ce.weight"] == 0.6 and flats[1]["loss.focal.weight"] == 0.4
+    assert flats[1]["loss.focal.gamma"] == 2.0 and "loss.ce.weight" not in flats[0]
+
+
+def test_first_points_must_name_a_family() -> None:
+    raw = {"space": {"loss.family": {"choices": ["ce", "focal"]}},
+           "search": {"first_points": [{"optim.lr": 1e-3}]}}
+    with pytest.raises(LossearchError, match="first_points"):
+        load_space(raw)
 
 
 def test_paper_has_the_papers_settings() -> None:

@@ -205,6 +205,20 @@ def _experiment_exists(exp_path: str) -> bool:
     return bool(found)
 
 
+# What run_search writes into lossearch_search.yaml and a restart needs.
+_META_KEYS = (
+    "space", "base_config", "metric", "mode", "seeds", "num_samples", "max_concurrent",
+    "scheduler", "asha", "max_failures", "sampler_seed",
+)
+
+
+def _split_exp_path(exp_path: str) -> tuple[str, str]:
+    """``(storage, name)`` of an experiment path or URI (a ``?query`` stays with storage)."""
+    path, sep, query = exp_path.partition("?") if is_uri(exp_path) else (exp_path, "", "")
+    storage, _, name = path.rstrip("/").rpartition("/")
+    return storage + sep + query, name
+
+
 def _default_storage() -> str:
     return str(Path("experiments").resolve())
 
@@ -311,6 +325,7 @@ def _build_tuner(
         metric=meta["metric"],
         mode=meta["mode"],
         sampler=sp.make_sampler(meta["sampler_seed"]),
+        points_to_evaluate=[dict(p) for p in sp.settings.get("first_points") or []] or None,
     )
     return tune.Tuner(
         _trainable(meta, exp_path),
@@ -344,7 +359,23 @@ def resume(exp_path: str, *, address: str | None = None) -> str:
             raise LossearchError(f"experiment directory not found: {exp_path}")
     meta = read_search_file(exp_path)
     if not tune.Tuner.can_restore(exp_path):  # a storage check: no Ray needed yet
-        raise LossearchError(f"not a Ray Tune experiment (no experiment state): {exp_path}")
+        # The driver died in the seconds between writing lossearch_search.yaml and Tune's
+        # first saved state: no trial had started, so the search starts over.
+        missing = [k for k in _META_KEYS if k not in (meta if isinstance(meta, dict) else {})]
+        if missing:
+            raise LossearchError(
+                f"not a Ray Tune experiment (no experiment state), and its {SEARCH_FILE} is "
+                f"incomplete (no '{missing[0]}'): {exp_path}"
+            )
+        from lossearch.search.space import load_space
+        from lossearch.train import check_ray_address
+
+        check_ray_address(address)
+        sp = load_space(meta["space"])
+        storage, name = _split_exp_path(exp_path)
+        _local_ray(address)
+        _build_tuner(sp, meta, storage, name, exp_path, verbose=1).fit()
+        return exp_path
     _local_ray(address)
     tuner = tune.Tuner.restore(
         exp_path,

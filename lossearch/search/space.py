@@ -162,6 +162,7 @@ SEARCH_DEFAULTS: dict[str, Any] = {
     "max_concurrent": None,
     "num_seeds": 1,
     "n_startup_trials": 10,
+    "first_points": [],
 }
 MAX_GRID_POINTS = 100_000
 
@@ -875,6 +876,12 @@ def _parse_search(raw: Any, grid: bool) -> dict[str, Any]:
         is_int(s["n_startup_trials"]) and s["n_startup_trials"] >= 0,
         "n_startup_trials",
         "an integer >= 0",
+    )
+    need(
+        isinstance(s["first_points"], list)
+        and all(isinstance(p, Mapping) and p.get("loss.family") for p in s["first_points"]),
+        "first_points",
+        "a list of mappings, each naming its loss.family",
     )
     return s
 
