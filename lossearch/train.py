@@ -76,16 +76,26 @@ class Replica:
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
-def build_replica(cfg: TrainConfig, seed: int, total_steps: int) -> Replica:
-    """Model + tokenizer from ``cfg.model``, AdamW over trainable weights, warmup schedule."""
-    import ray.train.torch
+def plan_steps(n_train: int, cfg: TrainConfig, world: int = 1) -> tuple[int, int, int]:
+    """``(steps_per_epoch, total_steps, epochs)`` in optimizer steps for ``n_train`` examples.
+
+    A step consumes ``batch_size * world * grad_accum`` examples; ``optim.max_steps`` caps
+    the total, which can end training inside an epoch (``epochs`` rounds up).
+    """
+    steps_per_epoch = n_train // (cfg.optim.batch_size * world) // cfg.optim.grad_accum
+    if steps_per_epoch < 1:
+        raise LossearchError(
+            f"{n_train} training examples are fewer than one optimizer step "
+            f"({cfg.optim.batch_size} x {world} workers x {cfg.optim.grad_accum} accumulation)"
+        )
+    total_steps = min(cfg.optim.max_steps or 10**12, steps_per_epoch * cfg.optim.epochs)
+    return steps_per_epoch, total_steps, math.ceil(total_steps / steps_per_epoch)
+
+
+def build_optimizer(cfg: TrainConfig, model: Any, total_steps: int) -> tuple[Any, Any]:
+    """AdamW over the trainable weights and the warmup + ``optim.scheduler`` LR schedule."""
     from transformers import get_scheduler
 
-    from lossearch.models import load_model_and_tokenizer
-
-    torch.manual_seed(seed)
-    model, tokenizer = load_model_and_tokenizer(cfg.model, seed=seed)
-    model = ray.train.torch.prepare_model(model)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
     scheduler = get_scheduler(
@@ -94,6 +104,19 @@ def build_replica(cfg: TrainConfig, seed: int, total_steps: int) -> Replica:
         num_warmup_steps=min(cfg.optim.warmup_steps, total_steps),
         num_training_steps=total_steps,
     )
+    return optimizer, scheduler
+
+
+def build_replica(cfg: TrainConfig, seed: int, total_steps: int) -> Replica:
+    """Model + tokenizer from ``cfg.model`` (prepared by Ray Train), optimizer, schedule."""
+    import ray.train.torch
+
+    from lossearch.models import load_model_and_tokenizer
+
+    torch.manual_seed(seed)
+    model, tokenizer = load_model_and_tokenizer(cfg.model, seed=seed)
+    model = ray.train.torch.prepare_model(model)
+    optimizer, scheduler = build_optimizer(cfg, model, total_steps)
     return Replica(seed, model, tokenizer, optimizer, scheduler)
 
 
@@ -227,14 +250,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
     data = load_task(cfg.task)
     loss_fn = build_loss(cfg.loss)
     n_train = len(data.train)
-    steps_per_epoch = n_train // (cfg.optim.batch_size * world) // cfg.optim.grad_accum
-    if steps_per_epoch < 1:
-        raise LossearchError(
-            f"{n_train} training examples are fewer than one optimizer step "
-            f"({cfg.optim.batch_size} x {world} workers x {cfg.optim.grad_accum} accumulation)"
-        )
-    total_steps = min(cfg.optim.max_steps or 10**12, steps_per_epoch * cfg.optim.epochs)
-    epochs = math.ceil(total_steps / steps_per_epoch)
+    steps_per_epoch, total_steps, epochs = plan_steps(n_train, cfg, world)
     replicas = [build_replica(cfg, seed, total_steps) for seed in seeds]
     features, _ = tokenize(data.train, replicas[0].tokenizer, cfg.task.max_length)
 
