@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -294,7 +295,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
         history.append(metrics)
         with tempfile.TemporaryDirectory() as tmp:
             if rank == 0:
-                print(f"[lossearch] {summary_line(metrics)}", flush=True)
+                # sys.stdout, not print: Ray Train patches print to also log, which doubles it
+                sys.stdout.write(f"[lossearch] {summary_line(metrics)}\n")
+                sys.stdout.flush()
                 write_checkpoint(tmp, epoch, history, replicas)
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
             else:
