@@ -143,12 +143,12 @@ def _wait_started(proc: subprocess.Popen[bytes], log: Path) -> None:
 
 
 def _stop_nodes(nodes: list[tuple[subprocess.Popen[bytes], Path]]) -> None:
-    """SIGTERM every node at once, SIGKILL what is left after 5 s, then their leftovers."""
+    """SIGTERM every node at once, SIGKILL what is left after 3 s, then their leftovers."""
     for proc, _ in nodes:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
     for proc, temp_dir in nodes:
-        procs.stop(proc, timeout=5)
+        procs.stop(proc, timeout=3)
         procs.kill_pids(procs.pids_matching(str(temp_dir)))
 
 

@@ -274,41 +274,71 @@ QUICK = procs.REPO / "search_spaces" / "quick.yaml"
 TINY_RUN = ["task.arith_train_size=320", "task.eval_size=20", "optim.epochs=1"]
 
 
-def test_storage_under_a_regular_file_is_one_line_error(tmp_path: Path) -> None:
-    """ENOTDIR: ``--storage``/``--out`` below a regular file (root ignores chmod, so no 555)."""
-    (tmp_path / "file.txt").write_text("not a folder\n")
-    search, train = procs.run_clis(
-        [["search", "--space", QUICK, "--storage", "file.txt/sub", "--name", "e"],
-         ["train", "--out", "file.txt/run", *TINY_RUN]],
-        cwd=tmp_path,
-    )
-    line = procs.error_line(search)
+def _limit_file_size() -> None:
+    resource.setrlimit(resource.RLIMIT_FSIZE, (1024, 1024))
+
+
+@pytest.fixture(scope="module")
+def storage_errors(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The storage cases, each in its own folder, run 2 at a time (none may start Ray).
+
+    * ``enotdir``: ``--storage``/``--out`` below a regular file (tests run as root, which
+      ignores ``chmod 555``, so a read-only folder would not fail);
+    * ``enospc``: the run's ``config.yaml`` is a link to ``/dev/full``, where writes fail
+      with "No space left on device";
+    * ``efbig``: a 1 KiB file-size limit (``RLIMIT_FSIZE``, as a quota would) while the
+      search writes ``lossearch_search.yaml``.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    root = tmp_path_factory.mktemp("storage")
+    for name in ("enotdir-search", "enotdir-train", "enospc", "efbig"):
+        (root / name).mkdir()
+    for name in ("enotdir-search", "enotdir-train"):
+        (root / name / "file.txt").write_text("not a folder\n")
+    (root / "enospc" / "run").mkdir()
+    (root / "enospc" / "run" / "config.yaml").symlink_to("/dev/full")
+    cases = {
+        "enotdir-search": (["search", "--space", QUICK, "--storage", "file.txt/sub",
+                            "--name", "e"], {}),
+        "enotdir-train": (["train", "--out", "file.txt/run", *TINY_RUN], {}),
+        "enospc": (["train", "--out", "run", *TINY_RUN], {}),
+        "efbig": (["search", "--space", QUICK, "--storage", "exps", "--name", "e"],
+                  {"preexec_fn": _limit_file_size}),
+    }
+
+    def run(name: str) -> tuple[str, Any]:
+        args, kw = cases[name]
+        return name, procs.run_cli(args, cwd=root / name, **kw)
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        done = dict(pool.map(run, cases))
+    return {"root": root, "done": done}
+
+
+def test_storage_under_a_regular_file_is_one_line_error(storage_errors: dict) -> None:
+    """ENOTDIR, for the search's experiment directory and the training's run directory."""
+    root, done = storage_errors["root"], storage_errors["done"]
+    line = procs.error_line(done["enotdir-search"])
     assert "cannot write experiment directory" in line and "Not a directory" in line
-    line = procs.error_line(train)
+    line = procs.error_line(done["enotdir-train"])
     assert "cannot write run directory" in line and "Not a directory" in line
-    assert sorted(os.listdir(tmp_path)) == ["file.txt"]
+    for name in ("enotdir-search", "enotdir-train"):
+        assert os.listdir(root / name) == ["file.txt"]
 
 
-def test_disk_full_is_one_line_error(tmp_path: Path) -> None:
-    """ENOSPC: the run's ``config.yaml`` is a link to /dev/full, where every write fails."""
-    run = tmp_path / "run"
-    run.mkdir()
-    (run / "config.yaml").symlink_to("/dev/full")
-    line = procs.error_line(procs.run_cli(["train", "--out", run, *TINY_RUN], cwd=tmp_path))
-    assert "No space left on device" in line
-    assert sorted(os.listdir(run)) == ["config.yaml"]
+def test_disk_full_is_one_line_error(storage_errors: dict) -> None:
+    """ENOSPC while ``lossearch train`` writes its run directory."""
+    root, done = storage_errors["root"], storage_errors["done"]
+    assert "No space left on device" in procs.error_line(done["enospc"])
+    assert os.listdir(root / "enospc" / "run") == ["config.yaml"]
 
 
-def test_file_size_quota_leaves_no_half_written_experiment(tmp_path: Path) -> None:
-    """EFBIG: a 1 KiB file-size limit (RLIMIT_FSIZE, as a quota) while writing the search file."""
-
-    def limit() -> None:
-        resource.setrlimit(resource.RLIMIT_FSIZE, (1024, 1024))
-
-    done = procs.run_cli(["search", "--space", QUICK, "--storage", "exps", "--name", "e"],
-                         cwd=tmp_path, preexec_fn=limit)
-    assert "File too large" in procs.error_line(done)
-    assert list((tmp_path / "exps").iterdir()) == []  # no half-written experiment left
+def test_file_size_quota_leaves_no_half_written_experiment(storage_errors: dict) -> None:
+    """EFBIG while the search writes ``lossearch_search.yaml``: nothing half-written is left."""
+    root, done = storage_errors["root"], storage_errors["done"]
+    assert "File too large" in procs.error_line(done["efbig"])
+    assert list((root / "efbig" / "exps").iterdir()) == []
 
 
 # --------------------------------------------------------------------------- numerics

@@ -254,6 +254,11 @@ def run_search(
     sp = load_space(space)
     base = apply_overrides(sp.base, overrides or [])
     base_cfg = validate(base)  # the base must be a valid training config on its own
+    if base_cfg.eval.every_epochs != 1:
+        raise LossearchError(
+            "config key 'eval.every_epochs': must be 1 in a search (the searcher and ASHA "
+            "need the metric every epoch)"
+        )
     settings = sp.settings
     seeds = seeds or settings.get("num_seeds") or 1
     max_concurrent = max_concurrent or settings.get("max_concurrent") or 2
