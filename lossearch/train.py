@@ -25,6 +25,7 @@ import os
 import sys
 import tempfile
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -145,7 +146,7 @@ def train_epoch(
     pad_id = rep.tokenizer.pad_token_id
     accum = cfg.optim.grad_accum
     autocast = (
-        torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else _nullcontext()
+        torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
     )
     batches = epoch_batches(len(features), cfg.optim.batch_size, rep.seed, epoch, rank, world)
     batches = batches[: step_cap * accum]
@@ -219,14 +220,6 @@ def _quiet_libraries() -> None:
     hf_logging.disable_progress_bar()
 
 
-class _nullcontext:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-
 # --------------------------------------------------------------------------- the loop
 
 
@@ -286,11 +279,11 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
             for rep in replicas:
                 per_seed[rep.seed].update(evaluate(rep, data, cfg, device))
         metrics = {"epoch": epoch, **mean_over_seeds(per_seed)}
-        # where this epoch ran (strings, so analysis does not take them for metrics)
-        metrics["node_id"] = ray.get_runtime_context().get_node_id()
-        # the placement group of this run's workers: the search driver removes it when Tune
-        # stops a trial early (see search/driver.py)
-        metrics["placement_group"] = ray.get_runtime_context().get_placement_group_id() or ""
+        # where this epoch ran (strings, so analysis does not take them for metrics); the
+        # search driver removes the placement group when Tune stops a trial early
+        runtime = ray.get_runtime_context()
+        metrics["node_id"] = runtime.get_node_id()
+        metrics["placement_group"] = runtime.get_placement_group_id() or ""
         metrics["worker_pid"] = str(os.getpid())
         history.append(metrics)
         with tempfile.TemporaryDirectory() as tmp:

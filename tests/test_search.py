@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -153,3 +154,19 @@ def test_sigkill_then_resume_completes_n_unique_trials(tmp_path):
         for line in path.read_text().splitlines():
             assert math.isfinite(json.loads(line)["epoch"])
     assert "best config:" in done.stdout
+
+
+def test_analyze_the_real_search(small_search, tmp_path):
+    out = tmp_path / "report"
+    proc = subprocess.run(
+        [sys.executable, "-m", "lossearch.cli", "analyze", str(small_search), "--out", str(out),
+         "--format", "json"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    ranks = json.loads(proc.stdout)
+    families = {r["loss"] for r in ranks}
+    assert {"ce", "tversky"} <= families and "poly1" not in families  # errored: not ranked
+    assert (out / "report.md").is_file() and (out / "trials.parquet").is_file()
+    for link in re.findall(r"\]\(([^)]+\.png)\)", (out / "report.md").read_text()):
+        assert (out / link).stat().st_size > 0
