@@ -146,9 +146,10 @@ def test_sigkill_then_resume_completes_n_unique_trials(tmp_path):
     assert (df["epochs"] == 2).all()
     configs = df[[c for c in df.columns if c.startswith("param.")]].round(12)
     assert not configs.duplicated().any()
-    # every JSON file Tune and lossearch left is whole (search_gen_state-*.json is a pickle)
+    # every JSON file Tune and lossearch left is whole (search_gen_state-*.json is a pickle,
+    # result.json is JSON lines, checked below)
     for path in exp.rglob("*.json"):
-        if not path.name.startswith("search_gen_state"):
+        if not path.name.startswith("search_gen_state") and path.name != "result.json":
             json.loads(path.read_text())
     for path in exp.rglob("result.json"):
         for line in path.read_text().splitlines():
