@@ -88,9 +88,10 @@ def label(cfg: Any) -> str:
     return "+".join(k for k in cfg.loss if k != "ce_scope")
 
 
-def trial_reports(exp_path: str) -> list[dict[str, float]]:
-    """Per trial: seconds from the trial function's start to its first and last report
-    (Tune's ``time_total_s``), and the loss, from each trial's ``result.json``."""
+def trial_reports(exp_path: str, t0: float) -> list[dict[str, Any]]:
+    """Per trial, from its ``result.json``: when its trial function started (seconds after
+    ``t0``, a ``time.time()``), the seconds from that start to its first and last report
+    (Tune's ``time_total_s``), and the loss family."""
     out = []
     for f in sorted(Path(exp_path).glob("*/result.json")):
         rows = [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
@@ -99,6 +100,7 @@ def trial_reports(exp_path: str) -> list[dict[str, float]]:
         out.append(
             {
                 "loss": rows[0].get("config", {}).get("loss.family", "?"),
+                "start": float(rows[0]["timestamp"]) - float(rows[0]["time_total_s"]) - t0,
                 "first": float(rows[0]["time_total_s"]),
                 "last": float(rows[-1]["time_total_s"]),
                 "epochs": len(rows),
@@ -107,14 +109,14 @@ def trial_reports(exp_path: str) -> list[dict[str, float]]:
     return out
 
 
-def run_search_timed(space: dict[str, Any], storage: Path, name: str) -> tuple[float, str]:
+def run_search_timed(space: dict[str, Any], storage: Path, name: str) -> tuple[float, str, float]:
     from lossearch.search.driver import run_search
 
-    t0 = time.perf_counter()
+    t0 = time.time()
     exp = run_search(
         space, max_concurrent=2, scheduler="fifo", storage=str(storage), name=name, verbose=0
     )
-    return time.perf_counter() - t0, exp
+    return time.time() - t0, exp, t0
 
 
 def run_sequential(cfgs: list[Any], work: Path) -> list[float]:
@@ -177,22 +179,23 @@ def main(argv: list[str] | None = None) -> int:
     seq_t: list[list[float]] = []
     plain_t: list[list[float]] = []
     plain_first: list[list[float]] = []
-    trials: list[dict[str, float]] = []
+    trials: list[dict[str, Any]] = []
     try:
         for i in range(rounds):
             order = ["search", "sequential", "plain"]
             for kind in order if i % 2 == 0 else order[::-1]:
                 print(f"round {i}: {kind}", flush=True)
                 if kind == "search":
-                    wall, exp = run_search_timed(space, work / "experiments", f"search{i}")
+                    wall, exp, t0 = run_search_timed(space, work / "experiments", f"search{i}")
                     search_t.append(wall)
-                    reports = trial_reports(exp)
+                    reports = sorted(trial_reports(exp, t0), key=lambda r: r["start"])
                     trials.extend(reports)
                     print(f"  search: {wall:.1f} s, {len(reports)} trials reported", flush=True)
                     for r in reports:
                         print(
-                            f"    trial {r['loss']}: first report at {r['first']:.1f} s, "
-                            f"last at {r['last']:.1f} s ({r['epochs']} epochs)",
+                            f"    trial {r['loss']}: started at +{r['start']:.1f} s; first "
+                            f"report {r['first']:.1f} s later, last {r['last']:.1f} s later "
+                            f"({r['epochs']} epochs)",
                             flush=True,
                         )
                 elif kind == "sequential":

@@ -1,9 +1,10 @@
 """Export the best trial of an experiment as a training config that ``lossearch train`` re-runs.
 
-The best trial is the one whose *final* metric (the last epoch's value, which is what a
-re-run reproduces), averaged over its seeds, is best. The exported config is complete and
-carries one seed: the trial's first seed; the header comment states that seed's own final
-metric, which ``lossearch train --config best.yaml`` reproduces on the same machine.
+The best trial is the finished trial (not pruned, not errored) whose *final* metric (the
+last epoch's value, which is what a re-run reproduces), averaged over its seeds, is best.
+The exported config is complete and carries one seed: the trial's first seed; the header
+comment states that seed's own final metric, which ``lossearch train --config best.yaml``
+reproduces on the same machine.
 """
 
 from __future__ import annotations
@@ -44,7 +45,9 @@ def best_configs(
     col = f"final.{metric}"
     if col not in df.columns:
         raise LossearchError(f"metric '{metric}' was not reported by any trial of {exp}")
-    df = df[df["status"].isin(["finished", "pruned"]) & df[col].notna()]
+    # only trials that ran their whole schedule: a pruned trial's last value is from an
+    # earlier epoch than its config trains, so re-running it would not reproduce that value
+    df = df[(df["status"] == "finished") & df[col].notna()]
     if df.empty:
         raise LossearchError(f"no trial of {exp} finished with a value for '{metric}'")
     means = df.groupby("trial_id")[col].mean()
