@@ -13,7 +13,7 @@ Target: search <= 0.75x sequential. Full mode repeats the three in the order
 search, sequential, plain, plain, sequential, search and takes medians. Everything runs in
 one Ray session started like ``run_search`` starts it (``num_cpus = cores + 1``).
 
-    .venv/bin/python benchmarks/search.py            # full, ~15 minutes
+    .venv/bin/python benchmarks/search.py            # full, ~10-13 minutes
     .venv/bin/python benchmarks/search.py --quick    # smoke check, ~4 minutes
 """
 
