@@ -254,7 +254,8 @@ def load_model_and_tokenizer(
     return model, tokenizer
 
 
-def _looks_like_path(name: str) -> bool:
+def looks_like_path(name: str) -> bool:
+    """A local path (absolute, relative, ``~``, or an existing directory), not a hub id."""
     return name.startswith(("/", "./", "../", "~")) or name in (".", "..") or os.path.isdir(name)
 
 
@@ -265,7 +266,7 @@ def _first_line(exc: BaseException) -> str:
 
 def _resolve(name_or_path: str) -> str:
     """A local directory (expanded) or the hub id unchanged; a missing local path raises."""
-    if not _looks_like_path(name_or_path):
+    if not looks_like_path(name_or_path):
         return name_or_path
     path = Path(name_or_path).expanduser()
     if not path.exists():
@@ -280,7 +281,7 @@ def _load_pretrained(
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """``AutoModelForCausalLM`` + ``AutoTokenizer``; every load failure is one LossearchError."""
     source = _resolve(name_or_path)
-    is_local = _looks_like_path(name_or_path)
+    is_local = looks_like_path(name_or_path)
     try:
         AutoConfig.from_pretrained(source)
         tokenizer = AutoTokenizer.from_pretrained(source)

@@ -12,17 +12,12 @@ samples, e.g. a searched ``task.max_length``, are checked by the trial itself).
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 from lossearch.config import ModelConfig, TrainConfig
 from lossearch.errors import LossearchError
-
-
-def _looks_like_path(name: str) -> bool:
-    """The rule of :func:`lossearch.models.load_model_and_tokenizer`: a path, not a hub id."""
-    return name.startswith(("/", "./", "../", "~")) or name in (".", "..") or os.path.isdir(name)
+from lossearch.models import looks_like_path as _looks_like_path
 
 
 def _check_model_path(name: str) -> None:
