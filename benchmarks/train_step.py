@@ -485,22 +485,50 @@ def _noop_loop(config: dict[str, Any]) -> None:
             ray.train.report({"epoch": epoch}, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
 
-def noop_fit(storage: Path, name: str, reports: int) -> float:
-    """Seconds of ``TorchTrainer(_noop_loop).fit()`` with 1 CPU worker, as lossearch builds it."""
+def noop_fit(storage: Path, name: str, reports: int, lossearch_way: bool = True) -> float:
+    """Seconds of a no-op ``fit()`` with 1 CPU worker.
+
+    ``lossearch_way``: the trainer class and settings ``lossearch.train.build_trainer`` uses
+    (0.5 s controller polling, no per-run DatasetManager/PlacementGroupCleaner actors, no
+    PreemptionWatcher on local Ray); otherwise a plain ``TorchTrainer`` at Ray's defaults.
+    """
     from ray.train import CheckpointConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    trainer = TorchTrainer(
-        _noop_loop,
-        train_loop_config={"reports": reports},
-        scaling_config=ScalingConfig(num_workers=1, resources_per_worker={"CPU": 1}),
-        run_config=RunConfig(
-            name=name, storage_path=str(storage), checkpoint_config=CheckpointConfig(num_to_keep=2)
-        ),
-    )
-    t0 = time.perf_counter()
-    trainer.fit()
-    return time.perf_counter() - t0
+    from lossearch.train import trainer_class, use_fast_polling
+
+    saved = {k: os.environ.get(k) for k in RAY_DEFAULTS}
+    if lossearch_way:
+        use_fast_polling()
+    else:
+        os.environ.update(RAY_DEFAULTS)  # passed on to the controller and workers
+    try:
+        trainer = (trainer_class() if lossearch_way else TorchTrainer)(
+            _noop_loop,
+            train_loop_config={"reports": reports},
+            scaling_config=ScalingConfig(num_workers=1, resources_per_worker={"CPU": 1}),
+            run_config=RunConfig(
+                name=name,
+                storage_path=str(storage),
+                checkpoint_config=CheckpointConfig(num_to_keep=2),
+            ),
+        )
+        t0 = time.perf_counter()
+        trainer.fit()
+        return time.perf_counter() - t0
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+# Ray Train V2's own values of the settings lossearch changes (lossearch/train.py)
+RAY_DEFAULTS = {
+    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "2.0",
+    "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "1",
+}
 
 
 def cold_import_s() -> float:
@@ -528,11 +556,16 @@ def bench_ray(cfg: Any, rounds: int) -> list[list[str]]:
     runs: dict[str, list[dict[str, float]]] = {"plain": [], "ray": []}
     order = [("plain", "ray") if i % 2 == 0 else ("ray", "plain") for i in range(rounds)]
     noop: list[float] = []
+    noop_defaults: list[float] = []
     imports: list[float] = []
     try:
         noop.append(noop_fit(work, "noop0", cfg.optim.epochs))
+        noop_defaults.append(noop_fit(work, "noop_defaults0", cfg.optim.epochs, False))
         imports.append(cold_import_s())
-        print(f"  no-op Ray Train run: {noop[-1]:.1f} s; cold import: {imports[-1]:.1f} s")
+        print(
+            f"  no-op Ray Train run: {noop[-1]:.1f} s as lossearch runs it, "
+            f"{noop_defaults[-1]:.1f} s at Ray's defaults; cold import: {imports[-1]:.1f} s"
+        )
         for i, pair in enumerate(order):
             for kind in pair:
                 out = work / f"{kind}{i}"
@@ -560,8 +593,12 @@ def bench_ray(cfg: Any, rounds: int) -> list[list[str]]:
                     flush=True,
                 )
         noop.append(noop_fit(work, "noop1", cfg.optim.epochs))
+        noop_defaults.append(noop_fit(work, "noop_defaults1", cfg.optim.epochs, False))
         imports.append(cold_import_s())
-        print(f"  no-op Ray Train run: {noop[-1]:.1f} s; cold import: {imports[-1]:.1f} s")
+        print(
+            f"  no-op Ray Train run: {noop[-1]:.1f} s as lossearch runs it, "
+            f"{noop_defaults[-1]:.1f} s at Ray's defaults; cold import: {imports[-1]:.1f} s"
+        )
     finally:
         ray.shutdown()
         shutil.rmtree(work, ignore_errors=True)
@@ -608,6 +645,7 @@ def bench_ray(cfg: Any, rounds: int) -> list[list[str]]:
             fmt_ratio(with_init, RAY_TARGET),
         ],
         [f"no-op Ray Train run, {cfg.optim.epochs} reports", "", f"{median(noop):.1f}", "", ""],
+        ["  the same at Ray Train's defaults", "", f"{median(noop_defaults):.1f}", "", ""],
         ["cold import of torch+transformers+lossearch", f"{median(imports):.1f}", "", "", ""],
     ]
     steps = cfg.optim.epochs * (len_train(cfg) // cfg.optim.batch_size)
@@ -622,9 +660,10 @@ def bench_ray(cfg: Any, rounds: int) -> list[list[str]]:
         "  (Ray times per epoch are when the controller has persisted the report and its\n"
         "   checkpoint; plain times when the checkpoint copy is done. Ray's 'to end of epoch 1'\n"
         "   includes starting the worker process, its imports and the worker group. No-op run:\n"
-        "   TorchTrainer whose loop only reports, with a 1-file checkpoint each time: Ray\n"
-        "   Train's own cost per run. Cold import: a fresh Python importing what the worker\n"
-        "   needs, paid by every Ray run and not by the plain loop.)"
+        "   a trainer whose loop only reports, with a 1-file checkpoint each time: Ray\n"
+        "   Train's own cost per run, as lossearch configures it and at Ray's defaults.\n"
+        "   Cold import: a fresh Python importing what the worker needs, paid by every\n"
+        "   Ray run and not by the plain loop.)"
     )
     return rows
 

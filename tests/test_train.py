@@ -152,3 +152,23 @@ def test_cli_bad_config_exits_2_naming_the_key(args, needle, tmp_path):
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and needle in lines[0] and "Traceback" not in proc.stderr
     assert not (tmp_path / "runs").exists()
+
+
+def test_trainer_drops_only_the_per_run_actors_lossearch_does_not_use(ray_local, tmp_path):
+    """Ray Train V2 still names these callbacks so; lossearch's trainer has all the others."""
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from lossearch.train import UNUSED_TRAIN_CALLBACKS, build_trainer
+
+    cfg = load_config(overrides=EASY)
+    ours = build_trainer(cfg, storage_path=str(tmp_path), name="ours")
+    stock = TorchTrainer(
+        lambda: None,
+        scaling_config=ScalingConfig(num_workers=1),
+        run_config=RunConfig(name="stock", storage_path=str(tmp_path)),
+    )
+    ours_names = [type(cb).__name__ for cb in ours._create_default_callbacks()]
+    stock_names = [type(cb).__name__ for cb in stock._create_default_callbacks()]
+    assert UNUSED_TRAIN_CALLBACKS <= set(stock_names)
+    assert ours_names == [n for n in stock_names if n not in UNUSED_TRAIN_CALLBACKS]
