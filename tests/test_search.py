@@ -159,7 +159,8 @@ def test_sigkill_then_resume_completes_n_unique_trials(tmp_path):
     for path in exp.rglob("result.json"):
         for line in path.read_text().splitlines():
             assert math.isfinite(json.loads(line)["epoch"])
-    assert "best config:" in done.stdout
+    # the command to re-run the best config is printed on one line, whatever its length
+    assert f"re-run it:   lossearch train --config {exp / 'best.yaml'}\n" in done.stdout
 
 
 def test_analyze_the_real_search(small_search, tmp_path):

@@ -44,6 +44,7 @@ def finish_search(exp: str) -> Path:
     counts = df.drop_duplicates("trial_id")["status"].value_counts().to_dict()
     console.print("trials: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
     path = export_best(exp, out=best_config_path(exp))[0]
-    console.print(f"best config: {path}")
-    console.print(f"re-run it:   lossearch train --config {path}")
+    # soft_wrap: a long path stays on one line, so the command can be copied as it is
+    console.print(f"best config: {path}", soft_wrap=True)
+    console.print(f"re-run it:   lossearch train --config {path}", soft_wrap=True)
     return path
