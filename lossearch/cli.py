@@ -69,7 +69,7 @@ def train(
     from lossearch.train import train as run_train
 
     cfg = load_config(config, overrides or [])
-    metrics = run_train(cfg, out_dir=out, address=address)
+    metrics = run_train(cfg, out_dir=out, address=address, announce=typer.echo)
     typer.echo(f"done: {summary_line(metrics)}")
 @app.command()
 def search(

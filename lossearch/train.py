@@ -25,6 +25,7 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -301,7 +302,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
         with tempfile.TemporaryDirectory() as tmp:
             if rank == 0:
                 # sys.stdout, not print: Ray Train patches print to also log, which doubles it
-                sys.stdout.write(f"[lossearch] {summary_line(metrics)}\n")
+                sys.stdout.write(f"[lossearch] {summary_line(metrics, epochs)}\n")
                 sys.stdout.flush()
                 write_checkpoint(tmp, epoch, history, replicas)
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
@@ -472,12 +473,17 @@ def default_run_dir(cfg: TrainConfig) -> Path:
 
 
 def train(
-    cfg: TrainConfig, out_dir: str | Path | None = None, address: str | None = None
+    cfg: TrainConfig,
+    out_dir: str | Path | None = None,
+    address: str | None = None,
+    announce: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Run one training and write the run directory; returns the last epoch's metrics.
 
     Writes ``config.yaml`` (resolved) first, then ``metrics.jsonl`` (one object per epoch)
     and ``checkpoint/`` (the final model, tokenizer and optimizer state) at the end.
+    ``announce`` (``lossearch train`` passes ``print``) gets the run directory once
+    ``config.yaml`` is written.
     """
     import shutil
 
@@ -494,6 +500,8 @@ def train(
         dump_config(cfg, out / "config.yaml")
     except OSError as err:
         raise LossearchError(f"cannot write run directory {out}: {err.strerror}") from None
+    if announce:
+        announce(f"run: {out}")
     init_ray(address)
     trainer = build_trainer(cfg, storage_path=str(out), name="ray_train")
     result = trainer.fit()
@@ -516,10 +524,12 @@ def train(
     return history[-1] if history else {}
 
 
-def summary_line(metrics: dict[str, Any]) -> str:
-    """``epoch 3  loss 0.412  exact_match 0.455 ...`` for the end of ``lossearch train``."""
-    keys = ["epoch", "loss", "exact_match", "formula_iou", "tokens_per_s"]
+def summary_line(metrics: dict[str, Any], epochs: int | None = None) -> str:
+    """``epoch 3/4  loss 0.412  exact_match 0.455 ...`` (``epoch 3`` without ``epochs``)."""
+    keys = ["loss", "exact_match", "formula_iou", "tokens_per_s"]
     parts = []
+    if "epoch" in metrics:
+        parts.append(f"epoch {metrics['epoch']}" + (f"/{epochs}" if epochs else ""))
     for key in keys:
         if key in metrics:
             v = metrics[key]

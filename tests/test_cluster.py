@@ -87,6 +87,7 @@ def test_train_joins_the_cluster(
     finally:
         procs.kill_driver(proc)
     assert rc == 0, log.read_text(errors="replace")[-3000:]
+    assert f"run: {root / 'run'}\n" in log.read_text(errors="replace")  # announced at start
     metrics = procs.json_lines(root / "run" / "metrics.jsonl")
     assert [m["epoch"] for m in metrics] == [1]
     assert metrics[0]["node_id"] in _cluster_nodes(cluster_s3_search, moto_s3["port"])

@@ -172,3 +172,11 @@ def test_trainer_drops_only_the_per_run_actors_lossearch_does_not_use(ray_local,
     stock_names = [type(cb).__name__ for cb in stock._create_default_callbacks()]
     assert UNUSED_TRAIN_CALLBACKS <= set(stock_names)
     assert ours_names == [n for n in stock_names if n not in UNUSED_TRAIN_CALLBACKS]
+
+
+def test_summary_line_counts_epochs_and_skips_missing_metrics():
+    from lossearch.train import summary_line
+
+    m = {"epoch": 2, "loss": 0.41234, "exact_match": 0.5, "tokens_per_s": float("nan")}
+    assert summary_line(m, 4) == "epoch 2/4  loss 0.4123  exact_match 0.5  tokens_per_s nan"
+    assert summary_line(m).startswith("epoch 2  loss")
