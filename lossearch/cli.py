@@ -71,6 +71,8 @@ def train(
     cfg = load_config(config, overrides or [])
     metrics = run_train(cfg, out_dir=out, address=address, announce=typer.echo)
     typer.echo(f"done: {summary_line(metrics)}")
+
+
 @app.command()
 def search(
     space: str = typer.Option(..., "--space", "-s", help="Search-space YAML."),

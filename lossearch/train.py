@@ -310,9 +310,6 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
                 ray.train.report(metrics)
 
 
-# --------------------------------------------------------------------------- the trainer
-
-
 # --------------------------------------------------------------------------- Ray Train's cost
 
 HEALTH_CHECK_INTERVAL_S = "0.5"
@@ -361,6 +358,9 @@ def trainer_class() -> type:
             ]
 
     return LossearchTrainer
+
+
+# --------------------------------------------------------------------------- the trainer
 
 
 def build_trainer(
@@ -482,7 +482,7 @@ def train(
 
     Writes ``config.yaml`` (resolved) first, then ``metrics.jsonl`` (one object per epoch)
     and ``checkpoint/`` (the final model, tokenizer and optimizer state) at the end.
-    ``announce`` (``lossearch train`` passes ``print``) gets the run directory once
+    ``announce`` (``lossearch train`` passes ``typer.echo``) gets ``run: DIR`` once
     ``config.yaml`` is written.
     """
     import shutil
