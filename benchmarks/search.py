@@ -33,7 +33,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
 
-from train_step import plain_train, print_table  # noqa: E402  (benchmarks/ is not a package)
+from train_step import plain_train, print_table, print_verdicts  # noqa: E402  (benchmarks/ is not a package)
 
 SEARCH_TARGET = 0.75
 
@@ -219,7 +219,6 @@ def main(argv: list[str] | None = None) -> int:
     plain_first_med = med([t for ts in plain_first for t in ts])
     trial_first = med([t["first"] for t in trials]) if trials else float("nan")
     trial_last = med([t["last"] for t in trials]) if trials else float("nan")
-    ok = "yes" if search / seq <= SEARCH_TARGET else "NO"
     print_table(
         f"4 trainings ({label(cfgs[0])}, {', '.join(label(c) for c in cfgs[1:])}): "
         f"{cfgs[0].optim.epochs} epochs of {cfgs[0].task.arith_train_size // 32} steps, eval on "
@@ -248,15 +247,7 @@ def main(argv: list[str] | None = None) -> int:
         f"(plain loop: end of epoch 1 at {plain_first_med:.1f} s), last report at "
         f"{trial_last:.1f} s (plain loop total {plain_each:.1f} s)"
     )
-    print_table(
-        "Target",
-        ["measure", "ratio", "target", "met"],
-        [["search / sequential", f"{search / seq:.3f}x", f"<= {SEARCH_TARGET}x", ok]],
-    )
-    print(
-        f"\ntotal {time.perf_counter() - started:.0f} s; load average now "
-        f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs"
-    )
+    print_verdicts("Target", [("search / sequential", search / seq, SEARCH_TARGET)], started)
     return 0
 
 

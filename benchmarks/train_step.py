@@ -82,6 +82,23 @@ def print_table(title: str, header: list[str], rows: list[list[str]]) -> None:
         print("  " + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)))
 
 
+def print_verdicts(title: str, verdicts: list[tuple[str, float, float]], started: float) -> None:
+    """The closing table of ``(measure, ratio, target)`` rows (met: ratio <= target), then the
+    script's total time (since ``started``, a ``perf_counter``) and the load average."""
+    print_table(
+        title,
+        ["measure", "ratio", "target", "met"],
+        [
+            [name, f"{value:.3f}x", f"<= {target}x", "yes" if value <= target else "NO"]
+            for name, value, target in verdicts
+        ],
+    )
+    print(
+        f"\ntotal {time.perf_counter() - started:.0f} s; load average now "
+        f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs"
+    )
+
+
 # --------------------------------------------------------------------------- one step
 
 
@@ -761,18 +778,7 @@ def main(argv: list[str] | None = None) -> int:
         rows = bench_ray(ray_config(args.quick, args.ray_epochs, 120.0), rounds)
         verdicts.append(("Ray Train run / plain loop", float(rows[0][4].split("x")[0]), RAY_TARGET))
 
-    print_table(
-        "Targets",
-        ["measure", "ratio", "target", "met"],
-        [
-            [name, f"{value:.3f}x", f"<= {target}x", "yes" if value <= target else "NO"]
-            for name, value, target in verdicts
-        ],
-    )
-    print(
-        f"\ntotal {time.perf_counter() - started:.0f} s; load average now "
-        f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs"
-    )
+    print_verdicts("Targets", verdicts, started)
     return 0
 
 
