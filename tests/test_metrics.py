@@ -220,7 +220,14 @@ def test_left_padded_batch_matches_each_prompt_alone(tiny):
 
 @pytest.fixture(scope="module")
 def memorised():
-    """The tiny model trained to say one fixed answer followed by junk."""
+    """The tiny model trained until it *provably* says one fixed answer followed by junk.
+
+    Training stops on a checked condition, not after a step count: under teacher forcing
+    every target token (EOS included) must be the argmax with probability > 0.9. Greedy
+    decoding from the prompt then reproduces the target exactly on any CPU, because each
+    greedy step sees the same prefix the check saw. The moderate learning rate and
+    clipping keep the optimisation from oscillating (lr 1e-2 did on an AVX2 machine).
+    """
     import torch
 
     from lossearch.models import build_tiny_model, build_tiny_tokenizer
@@ -229,17 +236,29 @@ def memorised():
     tok = build_tiny_tokenizer()
     features, _ = tokenize([Example("Q: 1+1\nA: ", "<<1+1=2>>\n#### 2\n#### 3 junk")], tok, 64)
     batch = collate(features, tok.pad_token_id)
+    labels = batch["labels"][0, 1:]
+    supervised = labels != -100
     torch.manual_seed(0)
     model = build_tiny_model(1)
     model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    for _ in range(400):
-        loss = model(input_ids=batch["input_ids"], labels=batch["labels"]).loss
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        if loss.item() < 0.005:
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    learned = False
+    for _ in range(2000):
+        out = model(input_ids=batch["input_ids"], labels=batch["labels"])
+        with torch.no_grad():
+            probs = out.logits[0, :-1].float().softmax(-1)[supervised]
+            target = labels[supervised]
+            learned = bool(
+                (probs.argmax(-1) == target).all()
+                and (probs.gather(1, target[:, None]) > 0.9).all()
+            )
+        if learned:
             break
+        opt.zero_grad()
+        out.loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+    assert learned, "fixture: the tiny model did not memorise the string in 2000 steps"
     model.eval()
     return model, tok
 
