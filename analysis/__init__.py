@@ -7,6 +7,7 @@ question each; :mod:`analysis.plots` draws; :func:`run_analysis` writes everythi
 """
 
 from analysis.agreement import rank_agreement
+from analysis.confirmed import load_confirmed, read_correctness
 from analysis.importance import parameter_importance
 from analysis.load import PartialExperimentWarning, load_history, load_trials, metric_mode
 from analysis.plots import (
@@ -17,12 +18,15 @@ from analysis.plots import (
 )
 from analysis.rank import best_configurations, configurations, rank_losses
 from analysis.report import Analysis, markdown_table, run_analysis
+from analysis.verdict import format_delta, verdict, write_verdict
 
 __all__ = [
     "Analysis",
     "PartialExperimentWarning",
     "best_configurations",
     "configurations",
+    "format_delta",
+    "load_confirmed",
     "load_history",
     "load_trials",
     "markdown_table",
@@ -34,5 +38,8 @@ __all__ = [
     "plot_optimization_history",
     "rank_agreement",
     "rank_losses",
+    "read_correctness",
     "run_analysis",
+    "verdict",
+    "write_verdict",
 ]
