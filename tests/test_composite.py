@@ -6,6 +6,7 @@ import dataclasses
 
 import pytest
 import torch
+import torch.nn.functional as TF
 
 from lossearch.errors import LossearchError
 from lossearch.losses import (
@@ -13,6 +14,7 @@ from lossearch.losses import (
     CompositeLoss,
     LossOutput,
     _functional,
+    answer_cross_entropy,
     build_loss,
     cross_entropy,
     focal_loss,
@@ -34,6 +36,7 @@ PUBLIC = {
     "sadl": self_adjusting_dice_loss,
     "tversky": tversky_loss,
     "poly1": poly1_loss,
+    "answer_ce": answer_cross_entropy,
 }
 
 EVERYTHING = {
@@ -44,6 +47,7 @@ EVERYTHING = {
     "sadl": {"weight": 0.1, "alpha": 0.5},
     "tversky": {"weight": 0.1, "alpha": 0.3, "beta": 0.7},
     "poly1": {"weight": 0.1, "epsilon": -0.5},
+    "answer_ce": 0.1,
 }
 
 
@@ -51,7 +55,9 @@ EVERYTHING = {
 
 
 def test_registry_names_and_entry_points():
-    assert list(LOSSES) == ["ce", "focal", "lovasz", "gdice", "sadl", "tversky", "poly1"]
+    assert list(LOSSES) == [
+        "ce", "focal", "lovasz", "gdice", "sadl", "tversky", "poly1", "answer_ce"
+    ]
     g = torch.Generator().manual_seed(0)
     x = torch.randn(20, 6, generator=g, dtype=torch.float64)
     t = torch.randint(0, 6, (20,), generator=g)
@@ -123,7 +129,8 @@ def test_normalize_is_idempotent_and_converts_numbers():
         ),
         (
             {"dice": 1},
-            "unknown loss 'dice' \\(known: ce, focal, lovasz, gdice, sadl, tversky, poly1\\)",
+            "unknown loss 'dice' \\(known: ce, focal, lovasz, gdice, sadl, tversky, poly1, "
+            "answer_ce\\)",
         ),
         ({"ce": -0.5, "focal": 1}, "loss 'ce': weight must be >= 0, got -0.5"),
         ({"ce": 0, "focal": 0.0}, "at least one component needs a positive weight"),
@@ -154,7 +161,11 @@ def test_loss_family():
     assert loss_family({"ce": 0.6, "focal": 0.4}) == "focal"
     assert loss_family({"focal": 1}) == "focal"
     assert loss_family({"ce": 0.5, "tversky": 0.2, "focal": 0.3}) == "focal+tversky"
-    assert loss_family(normalize_spec(EVERYTHING)) == "focal+gdice+lovasz+poly1+sadl+tversky"
+    assert loss_family(normalize_spec(EVERYTHING)) == (
+        "answer_ce+focal+gdice+lovasz+poly1+sadl+tversky"
+    )
+    assert loss_family({"ce": 0.6, "answer_ce": 0.4}) == "answer_ce"
+    assert loss_family({"answer_ce": 1.0}) == "answer_ce"
 
 
 def test_config_uses_normalize_spec():
@@ -320,3 +331,80 @@ def test_composite_shape_errors():
 
 def test_registry_module_exports():
     assert registry.CE_SCOPES == ("sequence", "answer")
+
+
+# ---------------------------------------------------------------- answer_ce
+
+
+def _answer_rows(logits, labels, answer):
+    return shifted_tokens(logits, labels, answer, "answer")
+
+
+def test_answer_ce_is_torch_cross_entropy_on_the_answer_tokens():
+    """Value and gradient equal ``F.cross_entropy`` over the answer tokens (float64)."""
+    logits, labels, answer = batch()
+    x = logits.clone().requires_grad_(True)
+    out = build_loss({"answer_ce": 1.0})(x, labels, answer)
+    assert out.total.dtype == torch.float64 and set(out.components) == {"answer_ce"}
+    out.total.backward()
+    y = logits.clone().requires_grad_(True)
+    ref = TF.cross_entropy(*_answer_rows(y, labels, answer))
+    ref.backward()
+    torch.testing.assert_close(out.total, ref)
+    torch.testing.assert_close(out.components["answer_ce"], ref.detach())
+    torch.testing.assert_close(x.grad, y.grad)
+    assert torch.equal(x.grad[:, :5], torch.zeros_like(x.grad[:, :5]))  # no prompt gradient
+    # whatever ce_scope says: answer_ce is the answer tokens only
+    seq = build_loss({"answer_ce": 1.0, "ce_scope": "sequence"})(logits, labels, answer)
+    torch.testing.assert_close(seq.total, ref.detach())
+    # ce with ce_scope: answer is the same loss
+    ce_answer = build_loss({"ce": 1.0, "ce_scope": "answer"})(logits, labels, answer)
+    torch.testing.assert_close(ce_answer.total, ref.detach())
+
+
+def test_answer_ce_with_no_answer_tokens_is_zero_with_zero_grad():
+    logits, labels, _ = batch()
+    x = logits.clone().requires_grad_(True)
+    out = build_loss({"answer_ce": 1.0})(x, labels, torch.zeros_like(labels))
+    assert out.total.item() == 0.0
+    out.total.backward()
+    assert torch.equal(x.grad, torch.zeros_like(x))
+    x = logits.clone().requires_grad_(True)
+    out = build_loss({"answer_ce": 1.0})(x, torch.full_like(labels, -100), torch.ones_like(labels))
+    assert out.total.item() == 0.0
+    out.total.backward()
+    assert torch.equal(x.grad, torch.zeros_like(x))
+
+
+@pytest.mark.parametrize("w", [0.0, 0.3, 0.6, 1.0])
+def test_ce_mixed_with_answer_ce_is_the_weighted_sum(w):
+    """``{ce: w, answer_ce: 1 - w}`` = ``w CE(sequence) + (1 - w) CE(answer)``, by hand."""
+    logits, labels, answer = batch(seed=3)
+    x = logits.clone().requires_grad_(True)
+    loss = build_loss({"ce": w, "answer_ce": 1 - w})
+    out = loss(x, labels, answer)
+    out.total.backward()
+    y = logits.clone().requires_grad_(True)
+    lg, tg = y[:, :-1].reshape(-1, y.shape[-1]), labels[:, 1:].reshape(-1)
+    supervised = tg != -100
+    in_answer = supervised & (answer[:, 1:].reshape(-1) == 1)
+    expected = w * TF.cross_entropy(lg[supervised], tg[supervised]) + (1 - w) * TF.cross_entropy(
+        lg[in_answer], tg[in_answer]
+    )
+    expected.backward()
+    torch.testing.assert_close(out.total, expected)
+    torch.testing.assert_close(x.grad, y.grad)
+    assert loss.family == ("ce" if w == 1.0 else "answer_ce")
+    if 0 < w < 1:
+        assert set(out.components) == {"ce", "answer_ce"}
+
+
+def test_answer_ce_in_a_config():
+    from lossearch.config import load_config
+
+    mixed = load_config(overrides={"loss": {"ce": 0.6, "answer_ce": 0.4}})
+    assert mixed.loss["answer_ce"] == {"weight": 0.4}
+    alone = load_config(overrides={"loss": {"answer_ce": 1.0}})
+    assert set(alone.loss) == {"ce_scope", "answer_ce"}
+    with pytest.raises(LossearchError, match="loss 'answer_ce': unknown parameter 'gamma'"):
+        load_config(overrides={"loss": {"answer_ce": {"weight": 1, "gamma": 2}}})

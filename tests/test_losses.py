@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as TF
 
 from lossearch.losses import (
+    answer_cross_entropy,
     cross_entropy,
     focal_loss,
     generalized_dice_loss,
@@ -30,6 +31,7 @@ ALL_LOSSES = {
     "tversky": tversky_loss,
     "tversky_all": lambda x, t, **kw: tversky_loss(x, t, alpha=0.3, beta=0.7, classes="all", **kw),
     "poly1": poly1_loss,
+    "answer_ce": answer_cross_entropy,
 }
 
 
@@ -100,6 +102,13 @@ def test_cross_entropy_matches_torch():
     x, t = make()
     t[3] = -100
     torch.testing.assert_close(cross_entropy(x, t), TF.cross_entropy(x, t))
+
+
+def test_answer_ce_matches_torch_on_the_tokens_given():
+    x, t = make()
+    t[[1, 6]] = -100
+    torch.testing.assert_close(answer_cross_entropy(x, t), TF.cross_entropy(x, t))
+    assert answer_cross_entropy(x, t).dtype == torch.float64
 
 
 def test_focal_gamma0_is_cross_entropy():

@@ -7,9 +7,11 @@ takes precomputed log-probs of the kept tokens; :class:`CompositeLoss` computes 
 log-softmax once per step and hands it to every component.
 
 Names in a loss spec (``LOSSES``): ``ce``, ``focal``, ``lovasz``, ``gdice``, ``sadl``,
-``tversky``, ``poly1``.
+``tversky``, ``poly1``, ``answer_ce`` (CE on the answer tokens only, whatever
+``ce_scope`` says).
 """
 
+from lossearch.losses.answer_ce import answer_cross_entropy
 from lossearch.losses.composite import CompositeLoss, LossOutput, build_loss
 from lossearch.losses.cross_entropy import cross_entropy
 from lossearch.losses.dice import generalized_dice_loss
@@ -34,6 +36,7 @@ __all__ = [
     "LossInfo",
     "LossOutput",
     "Param",
+    "answer_cross_entropy",
     "build_loss",
     "cross_entropy",
     "focal_loss",

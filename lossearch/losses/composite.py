@@ -37,8 +37,10 @@ class CompositeLoss(torch.nn.Module):
        all components share.
     4. CE (``"ce"``) uses every supervised row with ``ce_scope: sequence`` (the paper's
        choice) or the answer rows with ``ce_scope: answer``; every other component uses
-       the answer rows. Each loss is a mean over its rows. Components with weight 0 are
-       not computed.
+       the answer rows (``answer_ce`` among them: CE on the answer rows whatever
+       ``ce_scope`` says, so ``{ce: w, answer_ce: 1 - w}`` is
+       ``w · CE(sequence) + (1 - w) · CE(answer)``). Each loss is a mean over its rows.
+       Components with weight 0 are not computed.
 
     A batch with no answer tokens gives 0 for the answer-only components (gradient 0).
     ``gdice`` with ``batch: false`` pools per sequence of the batch.

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lossearch.errors import LossearchError
+from lossearch.losses.answer_ce import answer_ce_from_log_probs, answer_cross_entropy
 from lossearch.losses.cross_entropy import cross_entropy, cross_entropy_from_log_probs
 from lossearch.losses.dice import generalized_dice_from_log_probs, generalized_dice_loss
 from lossearch.losses.focal import focal_from_log_probs, focal_loss
@@ -180,6 +181,13 @@ LOSSES: dict[str, LossInfo] = {
             poly1_from_log_probs,
             (Param("epsilon", 1.0, low=-1.0),),
             "Poly-1 (Leng et al. 2022)",
+        ),
+        LossInfo(
+            "answer_ce",
+            answer_cross_entropy,
+            answer_ce_from_log_probs,
+            (),
+            "token cross-entropy on the answer tokens only",
         ),
     )
 }
