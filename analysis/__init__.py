@@ -8,9 +8,11 @@ question each; :mod:`analysis.plots` draws; :func:`run_analysis` writes everythi
 
 from analysis.agreement import rank_agreement
 from analysis.confirmed import load_confirmed, read_correctness
+from analysis.expected_max import expected_max, expected_max_curve
 from analysis.importance import parameter_importance
 from analysis.load import PartialExperimentWarning, load_history, load_trials, metric_mode
 from analysis.plots import (
+    plot_expected_max,
     plot_family_bars,
     plot_learning_curves,
     plot_metric_vs_lr,
@@ -25,6 +27,8 @@ __all__ = [
     "PartialExperimentWarning",
     "best_configurations",
     "configurations",
+    "expected_max",
+    "expected_max_curve",
     "format_delta",
     "load_confirmed",
     "load_history",
@@ -32,6 +36,7 @@ __all__ = [
     "markdown_table",
     "metric_mode",
     "parameter_importance",
+    "plot_expected_max",
     "plot_family_bars",
     "plot_learning_curves",
     "plot_metric_vs_lr",

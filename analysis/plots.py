@@ -17,7 +17,13 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from analysis.rank import BASELINE, best_configurations, counted_rows, metric_column
+from analysis.rank import (
+    BASELINE,
+    best_configurations,
+    counted_rows,
+    metric_column,
+    ranked_rows,
+)
 from lossearch.errors import LossearchError
 
 _GROUP = ("task", "model")
@@ -208,16 +214,16 @@ def plot_learning_curves(
 ) -> Path:
     """``metric`` per epoch of the best trial of each family, one panel per task / model.
 
-    ``df`` is a trials frame (it picks, per group and family, the trial with the best mean
-    ``best.<metric>`` over seeds); ``history`` is :func:`analysis.load.load_history` output.
-    The curve is the trial-level value (``seed`` NA, the mean over seeds), or the mean of the
-    per-seed values where the trial reported none.
+    ``df`` is a trials frame (it picks, per group and family, the trial of the ranked best
+    configuration with the best mean ``best.<metric>`` over seeds); ``history`` is
+    :func:`analysis.load.load_history` output. The curve is the trial-level value (``seed``
+    NA, the mean over seeds), or the mean of the per-seed values where the trial reported none.
     """
     keys = _keys(df, _GROUP)
     best = best_configurations(df, metric, keys, mode)
     if best.empty:
-        raise LossearchError(f"nothing to plot: no finished or pruned trials with '{metric}'")
-    rows = counted_rows(df, metric)
+        raise LossearchError(f"nothing to plot: no finished trials with '{metric}'")
+    rows, _ = ranked_rows(df, metric, keys)  # the rows best_configurations chose from
     params = [c for c in rows.columns if c.startswith("param.")]
     join = [*keys, "loss", *params]
     # The trials of each best configuration; the best of them by mean over its seeds.
@@ -265,4 +271,43 @@ def plot_learning_curves(
         ax.set_ylabel(metric)
         ax.set_title(_label(key))
         ax.legend(fontsize="small")
+    return _save(fig, path)
+
+
+def plot_expected_max(
+    curves: pd.DataFrame,
+    path: str | PathLike[str],
+    metric: str = "exact_match",
+    by: Sequence[str] = _GROUP,
+) -> Path:
+    """Expected best value against the number of trials k, one line per family.
+
+    ``curves`` is :func:`analysis.expected_max.expected_max` output (grouping keys, ``loss``,
+    ``k``, ``expected_max``); one panel per task / model, x = k (integer ticks), y = the
+    expected best over k trials (Dodge et al., 2019).
+    """
+    if curves.empty:
+        raise LossearchError("nothing to plot: no expected-maximum curves")
+    keys = _keys(curves, by)
+    groups = list(curves.groupby(keys, dropna=False, sort=True)) if keys else [("all", curves)]
+    colours = _families(curves["loss"]) if "loss" in curves.columns else {}
+    fig, axes = _figure(len(groups))
+    for ax, (key, grp) in zip(axes, groups, strict=True):
+        lines = grp.groupby("loss", sort=True) if "loss" in grp.columns else [(metric, grp)]
+        for family, fam in lines:
+            fam = fam.sort_values("k")
+            ax.plot(
+                fam["k"],
+                fam["expected_max"],
+                marker="o",
+                markersize=3,
+                color=colours.get(family, "C0"),
+                label=f"{family} (n={int(fam['k'].max())})",
+            )
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("trials k")
+        ax.set_ylabel(f"expected best {metric}")
+        ax.set_title(_label(key))
+        ax.legend(fontsize="small")
+    fig.suptitle(f"Expected best validation {metric} after k trials")
     return _save(fig, path)

@@ -1,7 +1,8 @@
 """``lossearch analyze``: load experiments, rank, plot, and write the files and ``report.md``.
 
 :func:`run_analysis` does the work and returns an :class:`Analysis`; it prints nothing.
-:func:`rankings_table` and :func:`rankings_json` turn the rankings into what the CLI prints.
+:func:`rankings_table`, :func:`rankings_json` and :func:`expected_max_table` turn the results
+into what the CLI prints.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import json
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from os import PathLike
 from pathlib import Path
@@ -18,6 +19,7 @@ from typing import Any
 import pandas as pd
 
 from analysis.agreement import rank_agreement
+from analysis.expected_max import expected_max, summarize_expected_max
 from analysis.importance import parameter_importance
 from analysis.load import (
     experiment_name,
@@ -28,12 +30,21 @@ from analysis.load import (
     read_search_settings,
 )
 from analysis.plots import (
+    plot_expected_max,
     plot_family_bars,
     plot_learning_curves,
     plot_metric_vs_lr,
     plot_optimization_history,
 )
-from analysis.rank import RANK_COLUMNS, check_mode, metric_column, rank_losses
+from analysis.rank import (
+    BASELINE,
+    CONFIDENCE,
+    RANK_COLUMNS,
+    RankingWarning,
+    check_mode,
+    metric_column,
+    rank_losses,
+)
 from lossearch.errors import LossearchError
 
 DEFAULT_METRIC = "exact_match"
@@ -45,8 +56,9 @@ class Analysis:
     """What :func:`run_analysis` computed and wrote.
 
     ``files`` maps a short name (``"trials.parquet"``, ``"bars"`` ...) to the written path;
-    ``notes`` says what was skipped and why; ``warnings`` holds the loaders' warnings
-    (partial experiments) so that the caller decides how to show them.
+    ``notes`` says what was skipped and why (including the rows a ranking left out);
+    ``warnings`` holds the loaders' warnings (partial experiments) so that the caller decides
+    how to show them. ``expected_max`` is :func:`analysis.expected_max.expected_max` output.
     """
 
     out_dir: Path
@@ -56,6 +68,7 @@ class Analysis:
     history: pd.DataFrame
     rankings: pd.DataFrame
     importance: pd.DataFrame | None = None
+    expected_max: pd.DataFrame | None = None
     agreement: dict[str, pd.DataFrame] = field(default_factory=dict)
     files: dict[str, Path] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
@@ -96,11 +109,56 @@ def markdown_table(frame: pd.DataFrame, floatfmt: str = ".4g") -> str:
     return "\n".join(lines) + "\n"
 
 
-def rankings_table(rankings: pd.DataFrame, metric: str = DEFAULT_METRIC) -> Any:
-    """A :class:`rich.table.Table` of :func:`analysis.rank.rank_losses` output (for printing)."""
+def seeds_phrase(rankings: pd.DataFrame) -> str:
+    """``"2 seeds"``, ``"1 seed"`` or ``"1-3 seeds"`` from the ``n`` column of a ranking."""
+    if rankings.empty or "n" not in rankings.columns:
+        return "no finished trials"
+    low, high = int(rankings["n"].min()), int(rankings["n"].max())
+    if low == high:
+        return "1 seed" if low == 1 else f"{low} seeds"
+    return f"{low}-{high} seeds"
+
+
+def ranking_title(rankings: pd.DataFrame, metric: str, mode: str | None = None) -> str:
+    """The ranking's title: metric, direction, split and seeds, e.g.
+    ``Loss families ranked by exact_match (max; validation, 2 seeds)``."""
+    where = f"validation, {seeds_phrase(rankings)}"
+    return f"Loss families ranked by {metric} ({f'{mode}; ' if mode else ''}{where})"
+
+
+def format_ranking_delta(row: Mapping[str, Any], precision: int = 4) -> str:
+    """A ranking row's difference to CE with its 95% interval, never a bare number.
+
+    ``"+0.0520 [+0.0100, +0.0940]"``; ``"baseline"`` for CE's row; ``"n/a (1 seed)"`` where
+    the interval is NaN because one side has a single seed; ``""`` where the group has no CE.
+    """
+    delta, low, high = row["delta_vs_ce"], row["delta_ci_low"], row["delta_ci_high"]
+    if row.get("loss") == BASELINE:
+        return "baseline"
+    if delta is None or math.isnan(delta):
+        return ""
+    if math.isnan(low) or math.isnan(high):
+        return "n/a (1 seed)"
+    return f"{delta:+.{precision}f} [{low:+.{precision}f}, {high:+.{precision}f}]"
+
+
+def rankings_table(
+    rankings: pd.DataFrame, metric: str = DEFAULT_METRIC, mode: str | None = None
+) -> Any:
+    """A :class:`rich.table.Table` of :func:`analysis.rank.rank_losses` output (for printing).
+
+    The title names the metric, ``mode`` (when given), the split (validation) and the seeds;
+    the difference to CE is shown only with its 95% interval (:func:`format_ranking_delta`); the
+    ranking's notes (``rankings.attrs["notes"]``: what it left out) are the caption.
+    """
     from rich.table import Table
 
-    table = Table(title=f"Loss families ranked by {metric}")
+    notes = rankings.attrs.get("notes") or []
+    table = Table(
+        title=ranking_title(rankings, metric, mode),
+        caption="\n".join(notes) or None,
+        caption_justify="left",
+    )
     keys = [c for c in rankings.columns if c not in RANK_COLUMNS]
     for key in keys:
         table.add_column(key)
@@ -110,11 +168,10 @@ def rankings_table(rankings: pd.DataFrame, metric: str = DEFAULT_METRIC) -> Any:
     table.add_column("mean", justify="right")
     table.add_column("std", justify="right")
     table.add_column("n", justify="right")
-    table.add_column("vs CE", justify="right")
+    table.add_column(f"vs CE [{CONFIDENCE:.0%} CI]", justify="right")
     table.add_column("p", justify="right")
     for row in rankings.itertuples(index=False):
         r = row._asdict()
-        imp = r["improvement_vs_ce_pct"]
         p = r["p_value"]
         table.add_row(
             *[_cell(r[k], ".4g") for k in keys],
@@ -124,9 +181,28 @@ def rankings_table(rankings: pd.DataFrame, metric: str = DEFAULT_METRIC) -> Any:
             f"{r['mean']:.4f}",
             "" if math.isnan(r["std"]) else f"{r['std']:.4f}",
             str(r["n"]),
-            "" if math.isnan(imp) else f"{imp:+.2f}%",
+            format_ranking_delta(r),
             "" if math.isnan(p) else f"{p:.3g}",
         )
+    return table
+
+
+def expected_max_table(frame: pd.DataFrame, metric: str = DEFAULT_METRIC) -> Any:
+    """A :class:`rich.table.Table` of :func:`analysis.expected_max.expected_max` output.
+
+    One row per group (task, model, family) with its number of trials and the expected best
+    value after k trials for k = 1 (the mean trial), the powers of two below the largest n,
+    and k = n (:func:`analysis.expected_max.summarize_expected_max`).
+    """
+    from rich.table import Table
+
+    summary = summarize_expected_max(frame)
+    table = Table(title=f"Expected best validation {metric} after k trials (Dodge et al. 2019)")
+    for column in summary.columns:
+        numeric = column == "n_trials" or column.startswith("k=")
+        table.add_column(column, justify="right" if numeric else "left")
+    for row in summary.itertuples(index=False):
+        table.add_row(*[_cell(v, ".4f") for v in row])
     return table
 
 
@@ -150,6 +226,21 @@ def _resolve_metric(
     return str(chosen), check_mode(mode)
 
 
+def _noting(notes: list[str], compute: Callable[[], Any]) -> Any:
+    """``compute()``, with its :class:`RankingWarning` messages appended to ``notes`` (once
+    each) instead of shown; any other warning is re-issued as it was."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", RankingWarning)
+        value = compute()
+    for w in caught:
+        if issubclass(w.category, RankingWarning):
+            if str(w.message) not in notes:
+                notes.append(str(w.message))
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return value
+
+
 def run_analysis(
     paths: Sequence[str | PathLike[str]],
     metric: str | None = None,
@@ -163,9 +254,11 @@ def run_analysis(
     ``out`` defaults to :func:`default_out_dir` of the first path.
 
     Writes into ``out``: ``trials.parquet``, ``trials.csv``, ``history.csv``,
-    ``rankings.csv``, ``importance.csv`` and ``agreement_<across>.csv`` when computable,
-    ``bars.png``, ``metric_vs_lr.png``, ``history.png``, ``learning_curves.png`` when there
-    is something to draw, and ``report.md`` linking those that were written.
+    ``rankings.csv``, ``expected_max.csv``, ``importance.csv`` and
+    ``agreement_<across>.csv`` when computable, ``bars.png``, ``expected_max.png``,
+    ``metric_vs_lr.png``, ``history.png``, ``learning_curves.png`` when there is something to
+    draw, and ``report.md`` linking those that were written. What the rankings left out
+    (pruned, errored or short trials ...) goes to ``notes``.
 
     Raises:
         LossearchError: a path that is not an experiment, an unknown metric, a bad mode.
@@ -207,7 +300,9 @@ def run_analysis(
         result.rankings = pd.DataFrame(columns=[*GROUP, *RANK_COLUMNS])
         result.notes.append("no trials with results yet: nothing to rank")
     else:
-        result.rankings = rank_losses(trials, metric, by=GROUP, mode=mode)
+        result.rankings = _noting(
+            result.notes, lambda: rank_losses(trials, metric, by=GROUP, mode=mode)
+        )
     result.rankings.to_csv(out_dir / "rankings.csv", index=False)
     files["rankings.csv"] = out_dir / "rankings.csv"
 
@@ -218,9 +313,17 @@ def run_analysis(
             files["importance.csv"] = out_dir / "importance.csv"
         except LossearchError as e:
             result.notes.append(f"parameter importance not computed: {e}")
+        result.expected_max = _noting(
+            result.notes, lambda: expected_max(trials, metric, by=(*GROUP, "loss"), mode=mode)
+        )
+        result.expected_max.to_csv(out_dir / "expected_max.csv", index=False)
+        files["expected_max.csv"] = out_dir / "expected_max.csv"
         for across in ("model", "task"):
             if trials[across].nunique() > 1:
-                table = rank_agreement(trials, metric, across=across, mode=mode)
+                table = _noting(
+                    result.notes,
+                    lambda across=across: rank_agreement(trials, metric, across=across, mode=mode),
+                )
                 result.agreement[across] = table
                 name = f"agreement_{across}.csv"
                 table.to_csv(out_dir / name, index=False)
@@ -228,6 +331,7 @@ def run_analysis(
 
         figures = {
             "bars": lambda p: plot_family_bars(result.rankings, p, metric),
+            "expected_max": lambda p: plot_expected_max(result.expected_max, p, metric),
             "metric_vs_lr": lambda p: plot_metric_vs_lr(trials, p, metric),
             "history": lambda p: plot_optimization_history(trials, p, metric, mode),
             "learning_curves": lambda p: plot_learning_curves(trials, history, p, metric, mode),
@@ -246,6 +350,7 @@ def run_analysis(
 
 _FIGURE_TITLES = {
     "bars": "Mean per loss family (best configuration, seed std; dashed: CE)",
+    "expected_max": "Expected best value after k trials (Dodge et al. 2019)",
     "metric_vs_lr": "Metric against learning rate",
     "history": "Optimisation history (running best)",
     "learning_curves": "Learning curves of the best trial per family",
@@ -274,12 +379,30 @@ def render_report(result: Analysis) -> str:
         parts.append("## Trials\n\n" + markdown_table(counts))
 
     parts.append(
-        "## Ranking\n\nPer task and model, each family's best configuration (best mean over "
-        "seeds); `improvement_vs_ce_pct` is relative to CE's best configuration, positive = "
-        "better; `p_value` is Welch's t-test against CE across seeds (two-sided). Errored "
-        "and running trials are excluded.\n\n"
+        f"## Ranking (validation, {seeds_phrase(result.rankings)})\n\n"
+        "Per task and model, each family's best configuration (best mean over seeds) on the "
+        "validation split. Only finished trials that ran the full epoch budget of their task "
+        "and model rank; pruned, errored and running trials, and shorter ones, are left out "
+        "(see Notes). `delta_vs_ce` = mean − CE's mean, in metric units "
+        f"({'higher' if result.mode == 'max' else 'lower'} is better), with its "
+        f"{CONFIDENCE:.0%} Welch t interval `[delta_ci_low, delta_ci_high]` over seeds; "
+        "`p_value` is Welch's t-test against CE (two-sided). Interval and test need two "
+        "seeds on each side; with one they are empty.\n\n"
     )
     parts.append(markdown_table(result.rankings) if len(result.rankings) else "(nothing to rank)\n")
+
+    if result.expected_max is not None and len(result.expected_max):
+        parts.append(
+            "## Expected best after k trials\n\n"
+            "Dodge et al. (2019), *Show Your Work*: for each family, the expected best "
+            f"validation `{result.metric}` among k trials drawn (with replacement) from its n "
+            "finished trials, each valued by its mean over seeds: "
+            "E = Σᵢ v₍ᵢ₎ · ((i/n)^k − ((i−1)/n)^k) over the sorted values "
+            f"({'a minimum, mirrored, ' if result.mode == 'min' else ''}exact, no resampling). "
+            "k = 1 is the mean trial; a family that needs many trials to win shows a late "
+            "crossing. Full curves in `expected_max.csv`.\n\n"
+        )
+        parts.append(markdown_table(summarize_expected_max(result.expected_max)))
 
     figures = [
         (name, path)

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import math
+import os
+import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import stats
 
 from analysis import (
+    expected_max,
     markdown_table,
     metric_mode,
     parameter_importance,
@@ -19,7 +23,8 @@ from analysis import (
     rank_losses,
 )
 from analysis.load import _first_error_line
-from analysis.rank import best_configurations
+from analysis.rank import RankingWarning, best_configurations, counted_rows, welch_interval
+from analysis.report import Analysis, format_ranking_delta, rankings_table, render_report
 from lossearch.errors import LossearchError
 
 _trial_counter = iter(range(10_000))
@@ -34,9 +39,13 @@ def runs(
     status: str = "finished",
     metric: str = "exact_match",
     one_trial: bool = True,
+    epochs: int | None = None,
     **params: Any,
 ) -> list[dict[str, Any]]:
-    """Rows of one configuration: one per seed, in one trial (or one trial per seed)."""
+    """Rows of one configuration: one per seed, in one trial (or one trial per seed).
+
+    ``epochs`` adds an ``epochs`` column (without it the frame has none: no budget check).
+    """
     trial = f"t{next(_trial_counter)}"
     rows = []
     for seed, value in enumerate(values):
@@ -49,6 +58,7 @@ def runs(
                 "model": model,
                 "loss": loss,
                 "seed": seed,
+                **({} if epochs is None else {"epochs": epochs}),
                 **{f"param.{k}": v for k, v in params.items()},
                 f"best.{metric}": value,
             }
@@ -89,7 +99,9 @@ def test_ranking_order_and_columns() -> None:
         "std",
         "n",
         "rank",
-        "improvement_vs_ce_pct",
+        "delta_vs_ce",
+        "delta_ci_low",
+        "delta_ci_high",
         "p_value",
     ]
     assert ranks["loss"].tolist() == ["focal", "ce", "poly"]
@@ -101,12 +113,31 @@ def test_ranking_order_and_columns() -> None:
     assert focal["n"] == 5
 
 
-def test_improvement_percentage() -> None:
-    df = frame(runs("ce", [0.5, 0.5]), runs("focal", [0.6, 0.6]), runs("poly", [0.45, 0.45]))
+def test_delta_vs_ce_is_the_difference_of_means_with_welch_interval() -> None:
+    ce, focal, poly = [0.50, 0.52, 0.47], [0.61, 0.58, 0.66, 0.60], [0.45, 0.46]
+    df = frame(runs("ce", ce), runs("focal", focal), runs("poly", poly))
     ranks = rank_losses(df).set_index("loss")
-    assert ranks.loc["focal", "improvement_vs_ce_pct"] == pytest.approx(20.0)
-    assert ranks.loc["poly", "improvement_vs_ce_pct"] == pytest.approx(-10.0)
-    assert ranks.loc["ce", "improvement_vs_ce_pct"] == 0.0
+    for loss, values in (("focal", focal), ("poly", poly)):
+        row = ranks.loc[loss]
+        assert row["delta_vs_ce"] == pytest.approx(np.mean(values) - np.mean(ce))
+        expected = stats.ttest_ind(values, ce, equal_var=False).confidence_interval(0.95)
+        assert row["delta_ci_low"] == pytest.approx(expected.low)
+        assert row["delta_ci_high"] == pytest.approx(expected.high)
+        assert row["delta_ci_low"] < row["delta_vs_ce"] < row["delta_ci_high"]
+    assert ranks.loc["ce", ["delta_vs_ce", "delta_ci_low", "delta_ci_high"]].tolist() == [0, 0, 0]
+
+
+def test_welch_interval_by_hand_and_edge_cases() -> None:
+    a, b = [1.0, 2.0, 3.0], [2.0, 4.0]
+    va, vb = np.var(a, ddof=1) / 3, np.var(b, ddof=1) / 2
+    dof = (va + vb) ** 2 / (va**2 / 2 + vb**2 / 1)
+    half = stats.t.ppf(0.975, dof) * math.sqrt(va + vb)
+    low, high = welch_interval(a, b)
+    assert (low, high) == pytest.approx((2.0 - 3.0 - half, 2.0 - 3.0 + half))
+    assert welch_interval([0.6, 0.6], [0.5, 0.5]) == pytest.approx((0.1, 0.1))  # no spread
+    assert all(math.isnan(v) for v in welch_interval([0.6], [0.5, 0.55]))
+    wide = welch_interval(a, b, confidence=0.99)
+    assert wide[0] < low and wide[1] > high
 
 
 def test_significance_direction() -> None:
@@ -117,9 +148,10 @@ def test_significance_direction() -> None:
         runs("dice", five(0.40)),  # clearly worse
     )
     two = rank_losses(df).set_index("loss")
-    assert two.loc["focal", "p_value"] < 0.05 and two.loc["focal", "improvement_vs_ce_pct"] > 0
+    assert two.loc["focal", "p_value"] < 0.05 and two.loc["focal", "delta_ci_low"] > 0
     assert two.loc["poly", "p_value"] > 0.05
-    assert two.loc["dice", "p_value"] < 0.05 and two.loc["dice", "improvement_vs_ce_pct"] < 0
+    assert two.loc["poly", "delta_ci_low"] < 0 < two.loc["poly", "delta_ci_high"]
+    assert two.loc["dice", "p_value"] < 0.05 and two.loc["dice", "delta_ci_high"] < 0
     assert math.isnan(two.loc["ce", "p_value"])
     better = rank_losses(df, alternative="better").set_index("loss")
     assert better.loc["focal", "p_value"] < 0.05
@@ -127,9 +159,13 @@ def test_significance_direction() -> None:
     assert better.loc["dice", "p_value"] > 0.95  # one-sided: worse is not "better"
 
 
-def test_p_value_needs_two_seeds_each() -> None:
+def test_p_value_and_interval_need_two_seeds_each() -> None:
     df = frame(runs("ce", [0.5]), runs("focal", [0.6, 0.61]))
-    assert rank_losses(df)["p_value"].isna().all()
+    ranks = rank_losses(df)
+    assert ranks["p_value"].isna().all()
+    focal = ranks.set_index("loss").loc["focal"]
+    assert focal["delta_vs_ce"] == pytest.approx(0.105)
+    assert math.isnan(focal["delta_ci_low"]) and math.isnan(focal["delta_ci_high"])
 
 
 def test_ties_share_the_lowest_rank() -> None:
@@ -149,7 +185,8 @@ def test_min_mode() -> None:
     assert ranks["loss"].tolist() == ["focal", "ce", "poly"]
     focal = ranks.set_index("loss").loc["focal"]
     assert focal["best"] == pytest.approx(1.4)  # the lowest seed
-    assert focal["improvement_vs_ce_pct"] == pytest.approx(25.0)  # lower is better: positive
+    assert focal["delta_vs_ce"] == pytest.approx(-0.5)  # mean - CE mean: lower is better
+    assert focal["delta_ci_high"] < 0
     better = rank_losses(df, "loss", mode="min", alternative="better").set_index("loss")
     assert better.loc["focal", "p_value"] < 0.05 and better.loc["poly", "p_value"] > 0.95
 
@@ -185,14 +222,47 @@ def test_conditional_nan_params_group_together() -> None:
     assert rank_losses(df).iloc[0]["n"] == 2
 
 
-def test_only_finished_and_pruned_count() -> None:
+def test_only_finished_trials_rank() -> None:
     df = frame(
         runs("ce", [0.5, 0.5]),
-        runs("focal", [0.4, 0.4], status="pruned"),
+        runs("focal", [0.4, 0.4]),
+        runs("focal", [0.99, 0.99], status="pruned"),  # would win if it counted
         runs("poly", [0.9, 0.9], status="errored"),
         runs("dice", [0.95, 0.95], status="running"),
     )
-    assert set(rank_losses(df)["loss"]) == {"ce", "focal"}
+    with pytest.warns(RankingWarning, match="only finished") as record:
+        ranks = rank_losses(df)
+    assert set(ranks["loss"]) == {"ce", "focal"}
+    assert ranks.set_index("loss").loc["focal", "mean"] == pytest.approx(0.4)
+    note = str(record[0].message)
+    assert "1 trial pruned" in note and "1 trial errored" in note and "1 trial running" in note
+    assert ranks.attrs["notes"] == [str(w.message) for w in record]
+    # the pruned trial is still in the frame for diagnosis
+    assert "pruned" in set(counted_rows(df, "exact_match")["status"])
+
+
+def test_only_the_full_epoch_budget_ranks() -> None:
+    df = frame(
+        runs("ce", [0.5, 0.5], epochs=4),
+        runs("focal", [0.6, 0.6], epochs=4),
+        runs("focal", [0.9, 0.9], epochs=2),  # finished, but a shorter schedule
+        runs("poly", [0.7, 0.7], epochs=3),
+        runs("ce", [0.8, 0.8], model="other", epochs=2),  # its own group: its budget is 2
+    )
+    with pytest.warns(RankingWarning, match="full budget of 4") as record:
+        ranks = rank_losses(df)
+    tiny = ranks[ranks["model"] == "tiny"].set_index("loss")
+    assert set(tiny.index) == {"ce", "focal"}
+    assert tiny.loc["focal", "mean"] == pytest.approx(0.6)
+    assert ranks[ranks["model"] == "other"]["loss"].tolist() == ["ce"]
+    notes = [str(w.message) for w in record]
+    assert len(notes) == 1 and "model=tiny" in notes[0] and "2 finished trials" in notes[0]
+    assert "2, 3 epochs" in notes[0]
+    # without an epochs column nothing is checked
+    no_epochs = frame(runs("ce", [0.5, 0.5]), runs("focal", [0.9, 0.9]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RankingWarning)
+        assert len(rank_losses(no_epochs)) == 2
 
 
 def test_groups_are_ranked_separately() -> None:
@@ -212,9 +282,11 @@ def test_groups_are_ranked_separately() -> None:
 def test_no_ce_or_zero_ce() -> None:
     no_ce = frame(runs("focal", [0.6, 0.6]), runs("poly", [0.5, 0.5]))
     out = rank_losses(no_ce)
-    assert out["improvement_vs_ce_pct"].isna().all() and out["p_value"].isna().all()
-    zero = frame(runs("ce", [0.0, 0.0]), runs("focal", [0.6, 0.6]))
-    assert rank_losses(zero)["improvement_vs_ce_pct"].isna().all()
+    delta = ["delta_vs_ce", "delta_ci_low", "delta_ci_high", "p_value"]
+    assert out[delta].isna().all().all()
+    zero = frame(runs("ce", [0.0, 0.0]), runs("focal", [0.6, 0.62]))
+    focal = rank_losses(zero).set_index("loss").loc["focal"]  # a difference needs no ratio
+    assert focal["delta_vs_ce"] == pytest.approx(0.61) and focal["delta_ci_low"] > 0
 
 
 def test_unknown_metric_or_mode() -> None:
@@ -365,3 +437,99 @@ def test_family_bars_from_constructed_rankings(tmp_path: Path) -> None:
     with pytest.raises(LossearchError, match="nothing to plot"):
         plot_family_bars(rank_losses(df).iloc[:0], tmp_path / "empty.png")
     assert not (tmp_path / "empty.png").exists()
+
+
+def test_unknown_statuses_fail_loudly_or_warn() -> None:
+    tune_states = frame(
+        runs("ce", [0.5, 0.5], status="TERMINATED"), runs("focal", [0.6], status="ERROR")
+    )
+    with pytest.raises(LossearchError, match="found 'ERROR', 'TERMINATED'"):
+        rank_losses(tune_states)
+    with pytest.raises(LossearchError, match="known status"):
+        counted_rows(tune_states, "exact_match")
+    mixed = frame(runs("ce", [0.5, 0.5]), runs("focal", [0.6, 0.7], status="TERMINATED"))
+    with pytest.warns(RankingWarning, match=r"dropped 2 rows of status 'TERMINATED'"):
+        ranks = rank_losses(mixed)
+    assert ranks["loss"].tolist() == ["ce"]
+
+
+# --------------------------------------------------------------------------- printed tables
+
+
+def _text(renderable: Any) -> str:
+    from rich.console import Console
+
+    console = Console(record=True, width=200, file=open(os.devnull, "w"))  # noqa: SIM115
+    console.print(renderable)
+    return console.export_text()
+
+
+def _one_and_two_seeds() -> pd.DataFrame:
+    return frame(
+        runs("ce", [0.50, 0.52, 0.49]),
+        runs("focal", [0.60, 0.63, 0.58]),
+        runs("poly", [0.45]),
+        runs("dice", [0.40, 0.41], status="pruned"),
+    )
+
+
+def test_rankings_table_prints_intervals_never_bare_deltas() -> None:
+    with pytest.warns(RankingWarning):
+        ranks = rank_losses(_one_and_two_seeds())
+    text = _text(rankings_table(ranks, "exact_match", mode="max"))
+    assert "Loss families ranked by exact_match (max; validation, 1-3 seeds)" in text
+    focal = ranks.set_index("loss").loc["focal"]
+    expected = format_ranking_delta(focal)
+    assert expected == (
+        f"{focal['delta_vs_ce']:+.4f} [{focal['delta_ci_low']:+.4f}, {focal['delta_ci_high']:+.4f}]"
+    )
+    rows = [[c.strip() for c in line.split("│")] for line in text.splitlines() if "│" in line]
+    lines = {cells[4]: " ".join(cells) for cells in rows if len(cells) > 5}  # task model rank loss
+    assert expected in lines["focal"]
+    assert "n/a (1 seed)" in lines["poly"] and "baseline" in lines["ce"]
+    assert text.count("%") == text.count("95% CI") == 1  # no percentage, only the level
+    assert "1 trial pruned" in text  # the ranking's notes are the caption
+    two = rank_losses(frame(runs("ce", [0.5, 0.5]), runs("focal", [0.6, 0.7])))
+    assert "(validation, 2 seeds)" in _text(rankings_table(two, "exact_match"))
+
+
+def test_report_markdown_has_delta_columns_and_expected_max(tmp_path: Path) -> None:
+    trials = _one_and_two_seeds()
+    with pytest.warns(RankingWarning):
+        ranks = rank_losses(trials)
+        curves = expected_max(trials, "exact_match")
+    result = Analysis(
+        out_dir=tmp_path,
+        metric="exact_match",
+        mode="max",
+        trials=trials,
+        history=pd.DataFrame(),
+        rankings=ranks,
+        expected_max=curves,
+        notes=list(ranks.attrs["notes"]),
+    )
+    text = render_report(result)
+    assert "## Ranking (validation, 1-3 seeds)" in text
+    assert "| delta_vs_ce | delta_ci_low | delta_ci_high | p_value |" in text
+    assert "improvement" not in text
+    assert "## Expected best after k trials" in text and "| k=1 |" in text
+    assert "- not ranked (only finished trials rank): 1 trial pruned" in text
+
+
+def test_search_end_table(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    import analysis
+    import lossearch.search.export as export
+    from lossearch.search.report import finish_search
+
+    (tmp_path / "lossearch_search.yaml").write_text("metric: exact_match\nmode: max\n")
+    monkeypatch.setattr(analysis, "load_trials", lambda paths: _one_and_two_seeds())
+    monkeypatch.setattr(export, "export_best", lambda exp, out: [Path(out)])
+    monkeypatch.setenv("COLUMNS", "200")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RankingWarning)  # shown in the table, not as warnings
+        finish_search(str(tmp_path))
+    out = capsys.readouterr().out
+    assert "Loss families ranked by exact_match (max; validation, 1-3 seeds)" in out
+    assert "n/a (1 seed)" in out and out.count("%") == 1 and "dice" not in out
+    assert "not ranked (only finished trials rank): 1 trial pruned" in out
+    assert f"best config: {tmp_path / 'best.yaml'}" in out

@@ -16,31 +16,30 @@ def best_config_path(exp: str) -> Path:
 
 
 def finish_search(exp: str) -> Path:
-    """Print the per-loss-family ranking table and export the best config; return its path."""
+    """Print the per-loss-family ranking table and export the best config; return its path.
+
+    The table (:func:`analysis.report.rankings_table`) ranks only finished trials at the full
+    epoch budget on the search metric (a validation score), titled with the number of seeds;
+    the difference to CE is printed only with its 95% interval (``n/a (1 seed)`` without
+    one). What the ranking left out (pruned, errored, shorter trials) is the table's caption.
+    """
+    import warnings
+
     from rich.console import Console
-    from rich.table import Table
 
     from analysis import load_trials, rank_losses
+    from analysis.rank import RankingWarning
+    from analysis.report import rankings_table
     from lossearch.search.export import export_best
 
     meta = read_search_file(exp)
     metric, mode = meta.get("metric", "exact_match"), meta.get("mode", "max")
     console = Console()
     df = load_trials([exp])
-    ranks = rank_losses(df, metric=metric, by=(), mode=mode)
-    table = Table(title=f"loss families by {metric} ({mode})")
-    for col in ("rank", "loss", "best", "mean", "std", "n", "improvement_vs_ce_pct"):
-        table.add_column(col, justify="left" if col == "loss" else "right")
-    for _, row in ranks.iterrows():
-        table.add_row(
-            str(int(row["rank"])),
-            str(row["loss"]),
-            *(f"{row[c]:.4f}" if row[c] == row[c] else "-" for c in ("best", "mean", "std")),
-            str(int(row["n"])),
-            f"{row['improvement_vs_ce_pct']:+.1f}%" if row["improvement_vs_ce_pct"] == row[
-                "improvement_vs_ce_pct"] else "-",
-        )
-    console.print(table)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RankingWarning)  # shown as the table's caption
+        ranks = rank_losses(df, metric=metric, by=(), mode=mode)
+    console.print(rankings_table(ranks, metric, mode=mode))
     counts = df.drop_duplicates("trial_id")["status"].value_counts().to_dict()
     console.print("trials: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
     path = export_best(exp, out=best_config_path(exp))[0]
