@@ -109,11 +109,12 @@ def _reported_trials(exp: Path) -> int:
 
 
 def test_sigkill_then_resume_completes_n_unique_trials(tmp_path):
+    """Fair budgets too: exactly per_family trials of each family after the resume."""
     space = {
         # short trainings: this test is about the driver's death, not about learning
         "base": {**EASY_BASE, "task": {**EASY_BASE["task"], "arith_train_size": 640,
-                                       "eval_size": 20}},
-        "search": {"sampler": "random", "seed": 1, "scheduler": "fifo"},
+                                       "val_size": 20}},
+        "search": {"sampler": "random", "seed": 1, "scheduler": "fifo", "per_family": 2},
         "space": {
             "loss.family": {"choices": {"ce": {}, "focal": {"loss.focal.gamma": {
                 "low": 0.5, "high": 3.0}}}},
@@ -128,7 +129,7 @@ def test_sigkill_then_resume_completes_n_unique_trials(tmp_path):
     exp = tmp_path / "exps" / "kill"
     log = open(tmp_path / "search.log", "w")
     proc = subprocess.Popen(
-        [*cli, "search", "--space", str(space_file), "-n", "3", "--max-concurrent", "2",
+        [*cli, "search", "--space", str(space_file), "--max-concurrent", "2",
          "--storage", str(tmp_path / "exps"), "--name", "kill"],
         cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
     )
@@ -140,13 +141,14 @@ def test_sigkill_then_resume_completes_n_unique_trials(tmp_path):
     finally:
         _kill_session(proc.pid)
         proc.wait()
-    assert load_trials([exp])["trial_id"].nunique() <= 3
+    assert load_trials([exp])["trial_id"].nunique() <= 4
 
     done = subprocess.run([*cli, "resume", str(exp)], cwd=tmp_path, capture_output=True,
                           text=True, env=env, timeout=600, start_new_session=True)
     assert done.returncode == 0, done.stderr[-3000:]
     df = load_trials([exp])
-    assert df["trial_id"].nunique() == 3 and len(df) == 3
+    assert df["trial_id"].nunique() == 4 and len(df) == 4
+    assert df["loss"].value_counts().to_dict() == {"ce": 2, "focal": 2}
     assert set(df["status"]) == {"finished"}
     assert (df["epochs"] == 2).all()
     configs = df[[c for c in df.columns if c.startswith("param.")]].round(12)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 import pickle
 import sys
 import types
@@ -31,13 +32,19 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 # What each family carries besides loss.family / weights, in the shipped quick.yaml.
 QUICK_FAMILY_PARAMS = {
     "ce": set(),
+    "answer_ce": set(),
     "focal": {"loss.focal.gamma"},
     "lovasz": set(),
-    "gdice": set(),
-    "sadl": set(),
-    "tversky": {"loss.tversky.alpha", "loss.tversky.beta"},
-    "poly1": {"loss.poly1.epsilon"},
 }
+
+
+def _paper_grid() -> dict[str, Any]:
+    """The paper's table as a grid (paper.yaml before it had fair budgets): 9 points."""
+    raw = space_mod.read_yaml(SPACES / "paper.yaml")
+    raw["search"] = {"sampler": "grid", "seed": 0, "scheduler": "fifo"}
+    del raw["space"]["optim.lr"]
+    del raw["space"]["loss.family"]["choices"]["answer_ce"]
+    return raw
 
 
 def _stub_normalize_spec(spec: dict[str, Any]) -> dict[str, Any]:
@@ -124,9 +131,10 @@ def test_quick_is_the_cpu_demo() -> None:
     assert sp.base["task"]["name"] == "arith"
     assert sp.base["model"]["name_or_path"] == "tiny"
     assert sp.sampler == "tpe"
-    assert sp.settings["num_samples"] == 8
-    assert set(sp.family_names) == set(space_mod.LOSS_FAMILIES)
+    assert sp.settings["num_samples"] == 8 and sp.settings["per_family"] == 2
+    assert sp.family_names == ("ce", "answer_ce", "focal", "lovasz")
     assert sp.settings["first_points"][0]["loss.family"] == "ce"
+    assert sp.param_range("optim.lr") == dict.fromkeys(sp.family_names, [3e-4, 3e-2])
 
 
 def test_first_points_are_the_first_trials() -> None:
@@ -141,9 +149,10 @@ def test_first_points_are_the_first_trials() -> None:
         trial = study.ask()
         flats.append(sp.define_by_run(trial))
         study.tell(trial, 0.5)
-    assert [f["loss.family"] for f in flats] == ["ce", "focal", "lovasz"]
-    assert flats[1]["loss.ce.weight"] == 0.6 and flats[1]["loss.focal.weight"] == 0.4
-    assert flats[1]["loss.focal.gamma"] == 2.0 and "loss.ce.weight" not in flats[0]
+    assert [f["loss.family"] for f in flats] == ["ce", "answer_ce", "focal", "lovasz"]
+    assert flats[2]["loss.ce.weight"] == 0.6 and flats[2]["loss.focal.weight"] == 0.4
+    assert flats[2]["loss.focal.gamma"] == 2.0 and "loss.ce.weight" not in flats[0]
+    assert flats[1]["loss.answer_ce.weight"] == 0.4
 
 
 def test_first_points_must_name_a_family() -> None:
@@ -168,7 +177,13 @@ def test_paper_has_the_papers_settings() -> None:
         10,
         2,
     )
-    assert sp.sampler == "grid" and sp.settings["scheduler"] == "fifo"
+    assert sp.sampler == "tpe" and sp.settings["scheduler"] == "fifo"
+    assert sp.settings["per_family"] == 4 and sp.settings["num_samples"] == 24
+    assert "answer_ce" in sp.family_names and len(sp.family_names) == 6
+    # the paper's table runs first, at the paper's learning rate
+    table = {_as_row({"loss.ce.weight": 1.0, **p}) for p in sp.settings["first_points"]}
+    assert table == _paper_table() | {("answer_ce", 0.0), ("answer_ce", 0.6)}
+    assert {p["optim.lr"] for p in sp.settings["first_points"]} == {1e-5}
 
 
 # --------------------------------------------------------------------------- conditional keys
@@ -192,7 +207,7 @@ def test_conditional_parameters_appear_exactly_where_they_apply(sampler: str) ->
             assert flat[f"loss.{fam}.weight"] == pytest.approx(1 - w)
         assert set(flat) == expected, fam
         assert set(flat) == sp.keys_for(fam)
-        assert 1e-3 <= flat["optim.lr"] <= 1e-2
+        assert 3e-4 <= flat["optim.lr"] <= 3e-2
         assert flat["eval.max_new_tokens"] == 24
         if fam == "focal":
             assert 0.5 <= flat["loss.focal.gamma"] <= 4.0
@@ -287,7 +302,7 @@ def _as_row(flat: dict[str, Any]) -> tuple[str, float]:
 
 @pytest.mark.parametrize("tell", [True, False])
 def test_paper_grid_covers_the_table_exactly_once(tell: bool) -> None:
-    sp = load_space(SPACES / "paper.yaml")
+    sp = load_space(_paper_grid())
     n = len(_paper_table())
     assert sp.settings["num_samples"] == n == len(sp.grid)
     # tell=False: all points asked before any result, as with concurrent trials
@@ -301,6 +316,27 @@ def test_paper_grid_covers_the_table_exactly_once(tell: bool) -> None:
             assert f["loss.focal.gamma"] == 2.0
         if f["loss.family"] != "ce":
             assert f[f"loss.{f['loss.family']}.weight"] == pytest.approx(1 - f["loss.ce.weight"])
+
+
+def test_paper_runs_the_table_then_tpe_within_each_family() -> None:
+    sp = load_space(SPACES / "paper.yaml")
+    study = optuna.create_study(direction="maximize", sampler=sp.make_sampler(0))
+    for point in sp.settings["first_points"]:
+        study.enqueue_trial(point)
+    flats = []
+    for i in range(sp.settings["num_samples"]):
+        trial = study.ask()
+        flats.append(sp.define_by_run(trial))
+        study.tell(trial, (i % 7) / 7)
+    n_table = len(sp.settings["first_points"])
+    assert {_as_row(f) for f in flats[:n_table]} == {
+        _as_row({"loss.ce.weight": 1.0, **p}) for p in sp.settings["first_points"]
+    }
+    counts: dict[str, int] = {}
+    for f in flats:
+        counts[f["loss.family"]] = counts.get(f["loss.family"], 0) + 1
+        assert 2e-6 <= f["optim.lr"] <= 5e-5
+    assert counts == dict.fromkeys(sp.family_names, 4)
 
 
 def test_explicit_grid() -> None:
@@ -498,8 +534,10 @@ def test_file_level_errors(tmp_path: Path) -> None:
         load_space({"space": {"optim.lr": 0.1}})
     with pytest.raises(LossearchError, match=r"^base: config key 'optim.lrr': unknown key"):
         load_space({**_minimal(), "base": {"optim": {"lrr": 1}}})
-    with pytest.raises(LossearchError, match=r"override 'optim.lr': the space sets this key"):
-        load_space(_minimal(**{"optim.lr": {"choices": [0.1]}}), ["optim.lr=0.2"])
+    with pytest.raises(LossearchError, match=r"^override 'loss.family': .*edit its"):
+        load_space(_minimal(), ["loss.family=focal"])
+    with pytest.raises(LossearchError, match=r"^search > first_points\[0\]: .*'lovasz' is not"):
+        load_space({**_minimal(), "search": {"first_points": [{"loss.family": "lovasz"}]}})
 
 
 # --------------------------------------------------------------------------- pickling, Ray
@@ -513,7 +551,7 @@ def test_define_by_run_pickles_and_replays() -> None:
     again = _run(fn.__self__, 12, seed=5)
     assert first == again
     assert all(f["seeds"] == [3, 4] for f in first)
-    grid = load_space(SPACES / "paper.yaml")
+    grid = load_space(_paper_grid())
     sampler = pickle.loads(pickle.dumps(grid.make_sampler(0)))
     assert isinstance(sampler, GridPointSampler)
 
@@ -522,7 +560,7 @@ def test_through_rays_optuna_search(tmp_path: Path) -> None:
     """Ray Tune's searcher (no Ray runtime): flat configs, the grid's last tell, save/restore."""
     from ray.tune.search.optuna import OptunaSearch
 
-    sp = load_space(SPACES / "paper.yaml")
+    sp = load_space(_paper_grid())
     searcher = OptunaSearch(
         space=sp.define_by_run, metric="exact_match", mode="max", sampler=sp.make_sampler(0)
     )
@@ -545,3 +583,209 @@ def test_through_rays_optuna_search(tmp_path: Path) -> None:
     restored = OptunaSearch()
     restored.restore(str(tmp_path / "searcher.pkl"))
     assert restored.suggest("b")["loss.family"] in quick.family_names
+
+
+# --------------------------------------------------------------------------- fair budgets
+
+
+def _families(flats: list[dict[str, Any]]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for f in flats:
+        counts[f["loss.family"]] = counts.get(f["loss.family"], 0) + 1
+    return counts
+
+
+def _budget_space(per_family: int = 3, **search: Any) -> dict[str, Any]:
+    return {
+        "search": {"per_family": per_family, "n_startup_trials": 2, **search},
+        "space": {
+            "loss.family": {"choices": {"ce": {}, "answer_ce": {}, "focal": {
+                "loss.focal.gamma": {"low": 0.5, "high": 4.0}}}},
+            "loss.ce.weight": {"low": 0.0, "high": 0.9},
+            "optim.lr": {"low": 1e-4, "high": 1e-1, "log": True},
+        },
+    }
+
+
+@pytest.mark.parametrize("sampler", ["tpe", "random"])
+@pytest.mark.parametrize("tell", [True, False])
+def test_per_family_gives_every_family_exactly_n(sampler: str, tell: bool) -> None:
+    sp = load_space(_budget_space(4, sampler=sampler))
+    assert sp.settings["num_samples"] == 12
+    assert isinstance(sp.make_sampler(0), space_mod.PerFamilySampler)
+    flats = _run(sp, 12, tell=tell)  # tell=False: all asked before any result (concurrency)
+    assert _families(flats) == {"ce": 4, "answer_ce": 4, "focal": 4}
+    # round robin in the space's order
+    assert [f["loss.family"] for f in flats[:6]] == ["ce", "answer_ce", "focal"] * 2
+    for f in flats:
+        assert set(f) == sp.keys_for(f["loss.family"])
+
+
+def test_per_family_counts_first_points_and_is_reproducible() -> None:
+    raw = _budget_space(
+        2, first_points=[{"loss.family": "focal", "optim.lr": 0.01},
+                         {"loss.family": "focal", "optim.lr": 0.02}]
+    )
+    sp = load_space(raw)
+
+    def run() -> list[dict[str, Any]]:
+        study = optuna.create_study(direction="maximize", sampler=sp.make_sampler(0))
+        for point in sp.settings["first_points"]:
+            study.enqueue_trial(point)
+        flats = []
+        for i in range(6):
+            trial = study.ask()
+            flats.append(sp.define_by_run(trial))
+            study.tell(trial, i / 6)
+        return flats
+
+    flats = run()
+    assert [f["loss.family"] for f in flats] == ["focal", "focal", "ce", "answer_ce", "ce",
+                                                 "answer_ce"]
+    assert [f["optim.lr"] for f in flats[:2]] == [0.01, 0.02]
+    assert run() == flats
+
+
+def test_per_family_survives_save_and_restore_with_running_trials(tmp_path: Path) -> None:
+    """Ray's OptunaSearch checkpoint mid-search (trials still running): exactly n each."""
+    from ray.tune.search.optuna import OptunaSearch
+
+    sp = load_space(_budget_space(3))
+    searcher = OptunaSearch(
+        space=sp.define_by_run, metric="m", mode="max", sampler=sp.make_sampler(0)
+    )
+    configs = [searcher.suggest(f"t{i}") for i in range(4)]
+    searcher.on_trial_complete("t0", {"m": 0.5, "training_iteration": 1})
+    searcher.save(str(tmp_path / "searcher.pkl"))
+    restored = OptunaSearch()
+    restored.restore(str(tmp_path / "searcher.pkl"))
+    configs += [restored.suggest(f"t{i}") for i in range(4, 9)]
+    for i in range(1, 9):
+        restored.on_trial_complete(f"t{i}", {"m": 0.1 * i, "training_iteration": 1})
+    assert _families(configs) == {"ce": 3, "answer_ce": 3, "focal": 3}
+
+
+def test_per_family_tpe_learns_each_family_from_its_own_trials() -> None:
+    """focal scores best at a high learning rate, lovasz at a low one: TPE follows each."""
+    raw = {
+        "search": {"per_family": 30, "n_startup_trials": 6, "seed": 1},
+        "space": {
+            "loss.family": {"choices": ["focal", "lovasz"]},
+            "optim.lr": {"low": 1e-4, "high": 1e-1, "log": True},
+        },
+    }
+    sp = load_space(raw)
+    study = optuna.create_study(direction="maximize", sampler=sp.make_sampler())
+    late: dict[str, list[float]] = {"focal": [], "lovasz": []}
+    for i in range(60):
+        trial = study.ask()
+        flat = sp.define_by_run(trial)
+        x = math.log10(flat["optim.lr"])  # in [-4, -1]
+        fam = flat["loss.family"]
+        study.tell(trial, x if fam == "focal" else -x)
+        if i >= 40:
+            late[fam].append(x)
+    assert _families([t.params for t in study.trials]) == {"focal": 30, "lovasz": 30}
+    assert sum(late["focal"]) / 10 > -2.0 > sum(late["lovasz"]) / 10
+
+
+def test_per_family_errors() -> None:
+    with pytest.raises(LossearchError, match=r"^search > per_family: an integer >= 1"):
+        load_space(_budget_space(0))
+    grid = _budget_space(2, sampler="grid")
+    grid["space"]["optim.lr"] = {"choices": [0.1, 0.2]}
+    grid["space"]["loss.ce.weight"] = 0.5
+    grid["space"]["loss.family"] = {"choices": ["ce", "focal"]}
+    with pytest.raises(LossearchError, match=r"^search > per_family: not with a grid"):
+        load_space(grid)
+    with pytest.raises(LossearchError, match=r"^search > num_samples: 7, but per_family 2 x 3"):
+        load_space(_budget_space(2, num_samples=7))
+    assert load_space(_budget_space(2, num_samples=6)).settings["num_samples"] == 6
+    too_many = _budget_space(1, first_points=[{"loss.family": "ce"}, {"loss.family": "ce"}])
+    with pytest.raises(LossearchError, match=r"first_points: 2 points of family 'ce'"):
+        load_space(too_many)
+    sp = load_space(_minimal())
+    assert sp.settings["per_family"] is None
+    assert sp.with_per_family(5).settings["num_samples"] == 10
+    with pytest.raises(LossearchError, match="per_family must be an integer >= 1"):
+        sp.with_per_family(0)
+
+
+def test_loss_families_are_the_registry() -> None:
+    from lossearch.losses import LOSSES
+
+    assert space_mod.LOSS_FAMILIES == tuple(LOSSES)
+    assert set(space_mod.LOSS_PARAMS) == set(LOSSES)
+    for name, info in LOSSES.items():
+        assert space_mod.LOSS_PARAMS[name] == {p.name for p in info.params}
+
+
+def test_param_range() -> None:
+    sp = load_space(
+        {
+            "space": {
+                "loss.family": {"choices": {
+                    "ce": {"optim.lr": 0.01},
+                    "focal": {"optim.batch_size": {"choices": [32, 16]}},
+                    "lovasz": {"optim.lr": {"low": 1e-3, "high": 0.3, "log": True}}}},
+                "optim.lr": {"low": 1e-4, "high": 1e-2, "log": True},
+            }
+        }
+    )
+    assert sp.param_range("optim.lr") == {"ce": None, "focal": [1e-4, 1e-2], "lovasz": [1e-3, 0.3]}
+    assert sp.param_range("optim.batch_size") == {"ce": None, "focal": [16, 32], "lovasz": None}
+
+
+# --------------------------------------------------------------------------- overrides
+
+
+def test_override_of_a_searched_key_fixes_it() -> None:
+    """`optim.lr=1e-4` on the command line: every trial trains at 1e-4, not TPE's value."""
+    sp = load_space(SPACES / "quick.yaml", ["optim.lr=1e-4", "optim.epochs=1"])
+    assert sp.fixed_by_override == (("optim.lr", 1e-4),)
+    assert sp.base["optim"]["epochs"] == 1
+    assert sp.param_range("optim.lr") == dict.fromkeys(sp.family_names, None)
+    assert all("optim.lr" not in p for p in sp.settings["first_points"])
+    study = optuna.create_study(direction="maximize", sampler=sp.make_sampler(0))
+    for _ in range(8):
+        trial = study.ask()
+        flat = sp.define_by_run(trial)
+        study.tell(trial, 0.5)
+        assert "optim.lr" not in trial.params  # not sampled
+        assert flat["optim.lr"] == 1e-4
+        assert trial_to_config(sp.base, flat).optim.lr == 1e-4
+
+
+def test_override_of_loss_keys_and_fixed_values(losses: None) -> None:
+    sp = load_space(
+        SPACES / "quick.yaml",
+        {"loss.ce.weight": "0.5", "loss.focal.gamma": 1.5, "eval.max_new_tokens": 40},
+    )
+    assert dict(sp.fixed_by_override) == {
+        "loss.ce.weight": 0.5, "loss.focal.gamma": 1.5, "eval.max_new_tokens": 40
+    }
+    assert sp.base["loss"] == {"ce": 1.0}  # loss keys go to the trials, not to the base
+    for flat in _run(sp, 8):
+        cfg = trial_to_config(sp.base, flat)
+        assert cfg.eval.max_new_tokens == 40
+        fam = flat["loss.family"]
+        if fam != "ce":
+            assert cfg.loss["ce"]["weight"] == 0.5 and cfg.loss[fam]["weight"] == 0.5
+        if fam == "focal":
+            assert cfg.loss["focal"]["gamma"] == 1.5
+    with pytest.raises(LossearchError, match=r"^override 'loss.ce.weight': the CE mixing"):
+        load_space(SPACES / "quick.yaml", ["loss.ce.weight=1.5"])
+
+
+def test_override_in_an_explicit_grid() -> None:
+    raw = {
+        "grid": [
+            {"loss.family": "ce", "optim.lr": 0.01},
+            {"loss.family": "ce", "optim.lr": 0.02},
+            {"loss.family": "focal", "loss.ce.weight": 0.6},
+        ]
+    }
+    sp = load_space(raw, ["optim.lr=0.005"])
+    assert sp.fixed_by_override == (("optim.lr", 0.005),)
+    assert [p.get("optim.lr") for p in sp.grid] == [0.005, None]  # the two ce points are one
+    assert sp.settings["num_samples"] == 2

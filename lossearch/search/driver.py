@@ -210,6 +210,9 @@ _META_KEYS = (
     "space", "base_config", "metric", "mode", "seeds", "num_samples", "max_concurrent",
     "scheduler", "asha", "max_failures", "sampler_seed",
 )
+# Also written: "overrides" (the command line's key=value list), "per_family" (trials per
+# loss family, or null) and "lr_range" ({family: [low, high] of optim.lr, or null where the
+# space does not search it}); older experiments lack them.
 
 
 def _split_exp_path(exp_path: str) -> tuple[str, str]:
@@ -241,37 +244,54 @@ def run_search(
     reduction_factor: float | None = None,
     verbose: int = 1,
     announce: Callable[[str], None] | None = None,
+    per_family: int | None = None,
 ) -> str:
     """Run a search; returns the experiment path (local directory or URI).
 
-    ``overrides`` (``["optim.epochs=2"]``) apply to the space's base config. The search
-    optimises ``metric`` (default: the space's, else ``exact_match``) averaged over ``seeds``
-    seeds per trial. Arguments left as None take the space file's ``search:`` settings.
+    ``overrides`` (``["optim.epochs=2"]``) apply to the space's base config; an override of
+    a key the space sets fixes it at the override's value instead (it leaves the search
+    space, and ``announce`` says so). The search optimises ``metric`` (default: the space's,
+    else ``exact_match``) averaged over ``seeds`` seeds per trial. ``per_family=N`` runs
+    exactly N trials of every loss family (``num_samples`` must then be None or N x
+    families). Arguments left as None take the space file's ``search:`` settings; a count
+    below its minimum is a ``LossearchError``, raised before Ray starts.
     """
-    from lossearch.config import apply_overrides, validate
+    from lossearch.config import validate
     from lossearch.search.space import load_space
 
-    sp = load_space(space)
-    base = apply_overrides(sp.base, overrides or [])
-    base_cfg = validate(base)  # the base must be a valid training config on its own
+    _check_counts(
+        num_samples=num_samples,
+        max_concurrent=max_concurrent,
+        seeds=seeds,
+        grace_period=grace_period,
+        reduction_factor=reduction_factor,
+        per_family=per_family,
+    )
+    sp = load_space(space, overrides or [])
+    if per_family is not None:
+        sp = sp.with_per_family(per_family)
+    base_cfg = validate(sp.base)  # the base must be a valid training config on its own
     if base_cfg.eval.every_epochs != 1:
         raise LossearchError(
             "config key 'eval.every_epochs': must be 1 in a search (the searcher and ASHA "
             "need the metric every epoch)"
         )
     settings = sp.settings
-    seeds = seeds or settings.get("num_seeds") or 1
-    max_concurrent = max_concurrent or settings.get("max_concurrent") or 2
-    scheduler = scheduler or settings.get("scheduler") or "asha"
-    if seeds < 1:
-        raise LossearchError("--seeds must be at least 1")
-    if max_concurrent < 1:
-        raise LossearchError("--max-concurrent must be at least 1")
-    metric = metric or settings.get("metric") or "exact_match"
-    mode = mode or settings.get("mode") or "max"
+    seeds = _given(seeds, settings["num_seeds"])
+    max_concurrent = _given(max_concurrent, settings["max_concurrent"], 2)
+    scheduler = _given(scheduler, settings["scheduler"])
+    metric = _given(metric, settings["metric"])
+    if not metric:
+        raise LossearchError("--metric must name a metric")
+    mode = _given(mode, settings["mode"])
     if mode not in ("max", "min"):
         raise LossearchError(f"--mode must be max or min, got '{mode}'")
-    n = num_samples or settings.get("num_samples") or 8
+    n = _given(num_samples, settings["num_samples"])
+    if settings["per_family"] is not None and n != settings["num_samples"]:
+        raise LossearchError(
+            f"--num-samples {n} does not match per_family {settings['per_family']} x "
+            f"{len(sp.family_names)} families = {settings['num_samples']} (leave it out)"
+        )
     storage = storage or _default_storage()
     if not is_uri(storage):
         storage = str(Path(storage).resolve())
@@ -293,11 +313,14 @@ def run_search(
         "max_concurrent": int(max_concurrent),
         "scheduler": scheduler,
         "asha": {
-            "grace_period": grace_period or settings.get("grace_period") or 1,
-            "reduction_factor": reduction_factor or settings.get("reduction_factor") or 2,
+            "grace_period": _given(grace_period, settings["grace_period"]),
+            "reduction_factor": _given(reduction_factor, settings["reduction_factor"]),
         },
         "max_failures": int(max_failures),
         "sampler_seed": int(settings.get("seed", 0)),
+        "overrides": _plain_overrides(overrides),
+        "per_family": settings["per_family"],
+        "lr_range": sp.param_range("optim.lr"),
     }
     _scheduler(scheduler, meta)  # validate before anything is written
     from lossearch.preflight import preflight
@@ -311,6 +334,8 @@ def run_search(
     except OSError as err:
         raise LossearchError(f"cannot write experiment directory {exp_path}: {err}") from None
     if announce:
+        for key, value in sp.fixed_by_override:
+            announce(f"{key} fixed at {value} by the command line; removed from the search space")
         announce(f"experiment: {exp_path}")
     _local_ray(address)
     tuner = _build_tuner(sp, meta, storage, name, exp_path, verbose)
@@ -318,20 +343,56 @@ def run_search(
     return exp_path
 
 
-def _build_tuner(
-    sp: Any, meta: dict[str, Any], storage: str, name: str, exp_path: str, verbose: int
-) -> Any:
-    from ray import tune
-    from ray.tune.search import ConcurrencyLimiter
+def _given(value: Any, *defaults: Any) -> Any:
+    """``value`` unless it is None, else the first default that is not None."""
+    for v in (value, *defaults):
+        if v is not None:
+            return v
+    return None
+
+
+def _check_counts(**counts: Any) -> None:
+    """The command line's counts (None: not given), each at or above its minimum."""
+    minimum = {"reduction_factor": 1}  # ASHA needs > 1; the others >= 1
+    for key, value in counts.items():
+        if value is None:
+            continue
+        flag = "--" + key.replace("_", "-")
+        if key in minimum:
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 1:
+                raise LossearchError(f"{flag} must be greater than 1, got {value!r}")
+        elif isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise LossearchError(f"{flag} must be at least 1, got {value!r}")
+
+
+def _plain_overrides(overrides: list[str] | dict[str, Any] | None) -> Any:
+    if not overrides:
+        return []
+    return list(overrides) if isinstance(overrides, list) else dict(overrides)
+
+
+def _make_searcher(sp: Any, meta: dict[str, Any]) -> Any:
+    """Ray Tune's ``OptunaSearch`` over the space (per-family budgets from ``meta``)."""
     from ray.tune.search.optuna import OptunaSearch
 
-    searcher = OptunaSearch(
+    if meta.get("per_family"):
+        sp = sp.with_per_family(meta["per_family"])
+    return OptunaSearch(
         space=sp.with_seeds(meta["seeds"]).define_by_run,
         metric=meta["metric"],
         mode=meta["mode"],
         sampler=sp.make_sampler(meta["sampler_seed"]),
         points_to_evaluate=[dict(p) for p in sp.settings.get("first_points") or []] or None,
     )
+
+
+def _build_tuner(
+    sp: Any, meta: dict[str, Any], storage: str, name: str, exp_path: str, verbose: int
+) -> Any:
+    from ray import tune
+    from ray.tune.search import ConcurrencyLimiter
+
+    searcher = _make_searcher(sp, meta)
     return tune.Tuner(
         _trainable(meta, exp_path),
         tune_config=tune.TuneConfig(
@@ -376,7 +437,7 @@ def resume(exp_path: str, *, address: str | None = None) -> str:
         from lossearch.train import check_ray_address
 
         check_ray_address(address)
-        sp = load_space(meta["space"])
+        sp = load_space(meta["space"], meta.get("overrides") or [])
         storage, name = _split_exp_path(exp_path)
         _local_ray(address)
         _build_tuner(sp, meta, storage, name, exp_path, verbose=1).fit()

@@ -65,6 +65,15 @@ Samplers (``search.sampler``), see :meth:`SearchSpace.make_sampler`
     of points, each run once; see below. ``seed`` makes the sequence of sampled configurations
     reproducible for a given order of completed results.
 
+Fair budgets (``search.per_family: N``, or :meth:`SearchSpace.with_per_family`)
+    Exactly N trials of every family (``num_samples`` = N x families; a different explicit
+    ``num_samples`` is an error). :class:`PerFamilySampler` assigns each trial's family: an
+    enqueued ``first_points`` family, else the first family, in the choices' order, with the
+    fewest trials in the study so far. The other parameters are sampled by the family's own
+    tpe/random sampler on a view of the study holding only that family's trials, so TPE
+    learns each family from its own results. The counts live in the study, which Ray Tune
+    checkpoints with its trials: a resumed search still ends at N per family.
+
 Grids
     With ``sampler: grid`` every parameter must be fixed or categorical; the points are the
     families in order, each crossed with its mixing weights and categorical parameters (a
@@ -98,7 +107,7 @@ import dataclasses
 import itertools
 import math
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -124,7 +133,9 @@ from lossearch.config import (
 from lossearch.errors import LossearchError
 
 #: The loss registry's names; ``loss.family`` takes one of them.
-LOSS_FAMILIES: tuple[str, ...] = ("ce", "focal", "lovasz", "gdice", "sadl", "tversky", "poly1")
+LOSS_FAMILIES: tuple[str, ...] = (
+    "ce", "focal", "lovasz", "gdice", "sadl", "tversky", "poly1", "answer_ce"
+)
 
 #: Each family's parameters besides ``weight``; used to check names while
 #: ``lossearch.losses.normalize_spec`` is not importable.
@@ -136,6 +147,7 @@ LOSS_PARAMS: dict[str, frozenset[str]] = {
     "sadl": frozenset({"alpha", "gamma"}),
     "tversky": frozenset({"alpha", "beta", "classes", "smooth"}),
     "poly1": frozenset({"epsilon"}),
+    "answer_ce": frozenset(),
 }
 
 SAMPLERS: tuple[str, ...] = ("tpe", "random", "grid")
@@ -163,6 +175,7 @@ SEARCH_DEFAULTS: dict[str, Any] = {
     "num_seeds": 1,
     "n_startup_trials": 10,
     "first_points": [],
+    "per_family": None,
 }
 MAX_GRID_POINTS = 100_000
 
@@ -666,6 +679,113 @@ class GridPointSampler(GridSampler):
         return None
 
 
+def _trial_family(trial: Any) -> str | None:
+    """A trial's loss family: its ``loss.family`` parameter, or the enqueued (fixed) one."""
+    family = trial.params.get(FAMILY_KEY)
+    if family is None:
+        family = (trial.system_attrs.get("fixed_params") or {}).get(FAMILY_KEY)
+    return family
+
+
+class _FamilyStudy:
+    """A view of an Optuna study that holds only the trials of one loss family.
+
+    Everything but the trial lists is the study's own (storage, directions, ids), as in
+    Optuna's own ``_BracketStudy`` of the Hyperband pruner.
+    """
+
+    def __init__(self, study: Any, family: str) -> None:
+        self._study = study
+        self._family = family
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._study, name)
+
+    def _get_trials(
+        self, deepcopy: bool = True, states: Any = None, use_cache: bool = False
+    ) -> list[Any]:
+        trials = self._study._get_trials(deepcopy=deepcopy, states=states, use_cache=use_cache)
+        return [t for t in trials if _trial_family(t) == self._family]
+
+    def get_trials(self, deepcopy: bool = True, states: Any = None) -> list[Any]:
+        return self._get_trials(deepcopy=deepcopy, states=states)
+
+    @property
+    def trials(self) -> list[Any]:
+        return self.get_trials()
+
+
+class PerFamilySampler(BaseSampler):
+    """Fair budgets: assigns each trial's loss family, and samples the rest per family.
+
+    The family of a trial is not sampled. It is the trial's enqueued family (a
+    ``first_points`` entry), else the first family, in the space's order, among those with
+    the fewest trials in the study so far (any state: running, finished, pruned, failed). So
+    ``n x F`` trials give every family exactly ``n`` when no family has more than ``n``
+    first points, and a study restored after a crash goes on from its own counts.
+
+    Every other parameter is sampled by the family's own sampler (TPE or random) on a view
+    of the study that holds only that family's trials: TPE models each family's parameters
+    and learning rate from that family's results alone (``n_startup_trials`` then counts
+    per family), as if each family were its own study.
+    """
+
+    def __init__(self, families: Sequence[str], samplers: Sequence[BaseSampler]) -> None:
+        if len(families) != len(samplers) or not families:
+            raise ValueError("one sampler per family")
+        self._families = tuple(families)
+        self._samplers = dict(zip(self._families, samplers, strict=True))
+
+    def family_for(self, study: Any, trial: Any) -> str:
+        """The family of ``trial`` (see the class docstring)."""
+        own = _trial_family(trial)
+        if own is not None:
+            return own
+        counts = dict.fromkeys(self._families, 0)
+        for t in study._get_trials(deepcopy=False):
+            name = _trial_family(t)
+            if t.number != trial.number and name in counts:
+                counts[name] += 1
+        return min(self._families, key=counts.__getitem__)  # the first of the least used
+
+    def _sampler(self, name: str) -> BaseSampler:
+        return self._samplers.get(name, self._samplers[self._families[0]])
+
+    def infer_relative_search_space(self, study: Any, trial: Any) -> dict[str, BaseDistribution]:
+        name = self.family_for(study, trial)
+        space = self._sampler(name).infer_relative_search_space(_FamilyStudy(study, name), trial)
+        space.pop(FAMILY_KEY, None)
+        return space
+
+    def sample_relative(
+        self, study: Any, trial: Any, search_space: dict[str, BaseDistribution]
+    ) -> dict[str, Any]:
+        name = self.family_for(study, trial)
+        return self._sampler(name).sample_relative(_FamilyStudy(study, name), trial, search_space)
+
+    def sample_independent(
+        self, study: Any, trial: Any, param_name: str, param_distribution: BaseDistribution
+    ) -> Any:
+        name = self.family_for(study, trial)
+        if param_name == FAMILY_KEY:
+            return name
+        return self._sampler(name).sample_independent(
+            _FamilyStudy(study, name), trial, param_name, param_distribution
+        )
+
+    def before_trial(self, study: Any, trial: Any) -> None:
+        for sampler in self._samplers.values():
+            sampler.before_trial(study, trial)
+
+    def after_trial(self, study: Any, trial: Any, state: Any, values: Any) -> None:
+        name = _trial_family(trial)
+        self._sampler(name or self._families[0]).after_trial(study, trial, state, values)
+
+    def reseed_rng(self) -> None:
+        for sampler in self._samplers.values():
+            sampler.reseed_rng()
+
+
 @dataclass(frozen=True, eq=False)
 class SearchSpace:
     """A compiled search space. Plain data, so the bound :meth:`define_by_run` pickles.
@@ -680,6 +800,9 @@ class SearchSpace:
         families: each family's conditional space (empty for an explicit ``grid:``).
         grid: the grid's flat points (empty unless ``settings["sampler"] == "grid"``).
         seeds: training seeds put into every trial config as ``"seeds"`` (None: not put).
+        fixed_by_override: ``(key, value)`` of each key the space set that a command-line
+            override fixed instead (``load_space(..., overrides)``); its trials carry
+            ``value``.
     """
 
     raw: dict[str, Any]
@@ -689,6 +812,7 @@ class SearchSpace:
     families: tuple[Family, ...]
     grid: tuple[dict[str, Any], ...] = ()
     seeds: tuple[int, ...] | None = None
+    fixed_by_override: tuple[tuple[str, Any], ...] = ()
 
     @property
     def sampler(self) -> str:
@@ -712,6 +836,57 @@ class SearchSpace:
         if not seeds:
             raise LossearchError("seeds: at least one seed")
         return dataclasses.replace(self, seeds=seeds)
+
+    def with_per_family(self, n: int) -> SearchSpace:
+        """A copy that runs exactly ``n`` trials of every family (``num_samples`` = n x F).
+
+        The family of each trial is then assigned, not sampled (see
+        :class:`PerFamilySampler`). Raises ``LossearchError`` for ``n < 1``, a grid, or more
+        ``first_points`` of one family than ``n``.
+        """
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise LossearchError(f"per_family must be an integer >= 1, got {n!r}")
+        if self.sampler == "grid":
+            raise LossearchError(
+                "per_family: not with a grid (a grid runs each point once; use more seeds "
+                "to repeat)"
+            )
+        counts = dict.fromkeys(self.family_names, 0)
+        for point in self.settings["first_points"]:
+            counts[point[FAMILY_KEY]] += 1
+        for name, count in counts.items():
+            if count > n:
+                raise LossearchError(
+                    f"search > first_points: {count} points of family '{name}', more than "
+                    f"per_family ({n})"
+                )
+        settings = {**self.settings, "per_family": n, "num_samples": n * len(counts)}
+        return dataclasses.replace(self, settings=settings)
+
+    def param_range(self, key: str) -> dict[str, list[Any] | None]:
+        """Per family, the ``[low, high]`` that trials can give ``key`` (``None``: the space
+        does not search it for that family; a fixed value or a single choice is not a range).
+
+        A range gives its ends, a choice list its smallest and largest choice; an explicit
+        grid the smallest and largest of its points' values.
+        """
+        out: dict[str, list[Any] | None] = {}
+        for name in self.family_names:
+            values: list[Any] = []
+            if self.grid:
+                values = [p[key] for p in self.grid if p[FAMILY_KEY] == name and key in p]
+            else:
+                fam = self._family(name)
+                for p in (fam.mix, *fam.params):
+                    if p is None or p.key != key:
+                        continue
+                    if p.kind in ("float", "int"):
+                        values = [p.low, p.high]
+                    elif p.kind == "categorical":
+                        values = list(p.choices)
+            numbers = [v for v in values if _is_number(v)]
+            out[name] = [min(numbers), max(numbers)] if len(set(numbers)) > 1 else None
+        return out
 
     def define_by_run(self, trial: Any) -> dict[str, Any]:
         """Ray Tune/Optuna define-by-run function: suggest this trial's values.
@@ -740,9 +915,20 @@ class SearchSpace:
         ``tpe``: ``TPESampler(multivariate=True, group=True, constant_liar=True,
         n_startup_trials=settings["n_startup_trials"], seed=seed)`` (Optuna's experimental
         warnings for these options are silenced). ``random``: ``RandomSampler(seed=seed)``.
-        ``grid``: a :class:`GridPointSampler` over ``{"grid_point": [0, ..., n-1]}``.
+        ``grid``: a :class:`GridPointSampler` over ``{"grid_point": [0, ..., n-1]}``. With
+        ``settings["per_family"]``: a :class:`PerFamilySampler` holding one such tpe or random
+        sampler per family, the i-th family's seeded ``seed + i``.
         """
         seed = self.settings["seed"] if seed is None else seed
+        if self.settings.get("per_family") is not None:
+            names = self.family_names
+            return PerFamilySampler(
+                names,
+                [self._base_sampler(None if seed is None else seed + i) for i in range(len(names))],
+            )
+        return self._base_sampler(seed)
+
+    def _base_sampler(self, seed: int | None) -> BaseSampler:
         kind = self.settings["sampler"]
         if kind == "random":
             return optuna.samplers.RandomSampler(seed=seed)
@@ -883,6 +1069,16 @@ def _parse_search(raw: Any, grid: bool) -> dict[str, Any]:
         "first_points",
         "a list of mappings, each naming its loss.family",
     )
+    need(
+        s["per_family"] is None or (is_int(s["per_family"]) and s["per_family"] >= 1),
+        "per_family",
+        "an integer >= 1",
+    )
+    if s["per_family"] is not None and s["sampler"] == "grid":
+        raise LossearchError(
+            "search > per_family: not with a grid (a grid runs each point once; "
+            "use more seeds to repeat)"
+        )
     return s
 
 
@@ -925,8 +1121,11 @@ def load_space(
 ) -> SearchSpace:
     """Load and validate a search-space YAML (a path, or the mapping itself).
 
-    ``overrides`` (``["model.name_or_path=/models/x"]`` or a dict) are applied to ``base``
-    first; overriding a key that the space sets is an error. Raises
+    ``overrides`` (``["model.name_or_path=/models/x"]`` or a dict) are applied to ``base``.
+    An override of a key that the space sets fixes it at the override's value instead: the
+    key leaves the search space (every trial gets the value; ``first_points`` drop it) and
+    is listed in :attr:`SearchSpace.fixed_by_override`; a ``loss.*`` key of the space is not
+    applied to ``base`` (the trial's flat config carries it). Raises
     :class:`~lossearch.errors.LossearchError` naming the offending key path (see the module
     docstring for what is checked).
     """
@@ -966,18 +1165,25 @@ def load_space(
         points = _enumerate(families) if settings["sampler"] == "grid" else []
         searched = {p.key for f in families for p in (f.mix, *f.params) if p is not None}
 
+    fixed: dict[str, Any] = {}
     if overrides:
-        keys = (
-            [parse_override(o)[0] for o in overrides]
-            if isinstance(overrides, list)
-            else [k.split(".") for k in overrides]
-        )
-        for parts in keys:
-            if ".".join(parts) in searched:
-                raise LossearchError(
-                    f"override '{'.'.join(parts)}': the space sets this key; edit the space"
-                )
-        base = apply_overrides(base, overrides)
+        items = _override_items(overrides)
+        fixed = {k: v for k, v in items.items() if k in searched}
+        if grid_raw is not None:
+            points = _fix_in_points(points, fixed)
+        else:
+            families = tuple(_fix_in_family(f, fixed) for f in families)
+            if settings["sampler"] == "grid":
+                points = _enumerate(families)
+        fixed = {k: _fixed_value(families, points, k) for k in fixed}
+        # a first point's value of a fixed key would be ignored by the trial: drop it
+        settings["first_points"] = [
+            {k: v for k, v in point.items() if k not in fixed} for point in settings["first_points"]
+        ]
+        base_items = {
+            k: v for k, v in items.items() if not (k in fixed and k.split(".")[0] == "loss")
+        }
+        base = apply_overrides(base, base_items)
 
     full = _normalize_spec_available()
     try:
@@ -993,6 +1199,7 @@ def load_space(
             except LossearchError as err:
                 raise LossearchError(f"grid[{i}]: {err}") from None
 
+    _check_first_points(settings, family.grid_values() if not family.sampled else family.choices)
     if settings["sampler"] == "grid":
         n = len(points)
         if "num_samples" not in (raw.get("search") or {}):
@@ -1002,11 +1209,105 @@ def load_space(
                 f"search > num_samples: {settings['num_samples']} exceeds the grid's {n} points "
                 "(each point runs once; use more seeds to repeat)"
             )
-    return SearchSpace(
+    sp = SearchSpace(
         raw=raw,
         base=base,
         settings=settings,
         family=family,
         families=families,
         grid=tuple(points),
+        fixed_by_override=tuple(fixed.items()),
     )
+    if settings["per_family"] is not None:
+        given = (raw.get("search") or {}).get("num_samples")
+        total = settings["per_family"] * len(sp.family_names)
+        if given is not None and given != total:
+            raise LossearchError(
+                f"search > num_samples: {given}, but per_family {settings['per_family']} x "
+                f"{len(sp.family_names)} families = {total} (leave num_samples out)"
+            )
+        sp = sp.with_per_family(settings["per_family"])
+    return sp
+
+
+def _override_items(overrides: list[str] | Mapping[str, Any]) -> dict[str, Any]:
+    """``["a.b=1"]`` or ``{"a.b": 1}`` -> ``{"a.b": 1}`` (YAML-parsed values, last one wins)."""
+    if isinstance(overrides, Mapping):
+        items = {str(k): v for k, v in overrides.items()}
+    else:
+        items = {}
+        for o in overrides:
+            parts, value = parse_override(o)
+            items[".".join(parts)] = value
+    if FAMILY_KEY in items:
+        raise LossearchError(
+            "override 'loss.family': the families are set by the space file; edit its "
+            "loss.family choices"
+        )
+    return items
+
+
+def _coerce_like(p: Param, value: Any) -> Any:
+    """An override's value in the kind of ``p`` (YAML reads ``1e-4`` as a string)."""
+    numeric = p.kind in ("float", "int") or (
+        p.kind in ("categorical", "fixed")
+        and all(_is_number(v) for v in (p.choices if p.kind == "categorical" else (p.value,)))
+    )
+    if not numeric or not isinstance(value, str):
+        return value
+    try:
+        number = float(value)
+    except ValueError:
+        return value
+    if p.kind == "int" and number.is_integer():
+        return int(number)
+    return number
+
+
+def _fix_in_family(fam: Family, fixed: Mapping[str, Any]) -> Family:
+    """``fam`` with each key of ``fixed`` it has turned into a fixed value."""
+
+    def fix(p: Param | None) -> Param | None:
+        if p is None or p.key not in fixed:
+            return p
+        return Param(p.key, f"override '{p.key}'", "fixed", value=_coerce_like(p, fixed[p.key]))
+
+    mix = fix(fam.mix)
+    if mix is not None and mix is not fam.mix:
+        _check_mix(mix)
+    params = tuple(fix(p) for p in fam.params)
+    return Family(fam.name, fam.path, mix, params)  # type: ignore[arg-type]
+
+
+def _fix_in_points(points: list[dict[str, Any]], fixed: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """An explicit grid with the overridden keys set in every point that has them."""
+    out: list[dict[str, Any]] = []
+    for point in points:
+        new = {
+            k: (_coerce_like(Param(k, "", "fixed", value=v), fixed[k]) if k in fixed else v)
+            for k, v in point.items()
+        }
+        if new not in out:  # points that differed only in a fixed key are one point now
+            out.append(new)
+    return out
+
+
+def _fixed_value(families: tuple[Family, ...], points: list[dict[str, Any]], key: str) -> Any:
+    """The value an override fixed ``key`` at, as the trials get it."""
+    for fam in families:
+        for p in (fam.mix, *fam.params):
+            if p is not None and p.key == key:
+                return p.value
+    for point in points:
+        if key in point:
+            return point[key]
+    return None
+
+
+def _check_first_points(settings: Mapping[str, Any], families: Sequence[str]) -> None:
+    for i, point in enumerate(settings["first_points"]):
+        if point[FAMILY_KEY] not in families:
+            raise LossearchError(
+                f"search > first_points[{i}]: loss.family '{point[FAMILY_KEY]}' is not one of "
+                f"the space's families ({', '.join(families)})"
+            )
