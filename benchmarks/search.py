@@ -46,7 +46,7 @@ def bench_space(quick: bool) -> dict[str, Any]:
         "task": {
             "name": "arith",
             "arith_train_size": 480 if quick else 1600,
-            "eval_size": 40 if quick else 100,
+            "val_size": 40 if quick else 100,
         },
         "model": {"name_or_path": "tiny"},
         "loss": {"ce": 1.0},
@@ -222,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     print_table(
         f"4 trainings ({label(cfgs[0])}, {', '.join(label(c) for c in cfgs[1:])}): "
         f"{cfgs[0].optim.epochs} epochs of {cfgs[0].task.arith_train_size // 32} steps, eval on "
-        f"{cfgs[0].task.eval_size}; median of {rounds} round(s); ray.init once: {t_init:.1f} s",
+        f"{cfgs[0].task.val_size}; median of {rounds} round(s); ray.init once: {t_init:.1f} s",
         ["", "wall s", "vs sequential", "vs plain"],
         [
             [

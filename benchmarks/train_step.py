@@ -668,7 +668,7 @@ def bench_ray(cfg: Any, rounds: int) -> list[list[str]]:
     steps = cfg.optim.epochs * (len_train(cfg) // cfg.optim.batch_size)
     print_table(
         f"Part 3: lossearch.train.train (Ray Train V2) vs the same work in a plain loop; "
-        f"{cfg.optim.epochs} epochs, {steps} steps, eval on {cfg.task.eval_size} each epoch; "
+        f"{cfg.optim.epochs} epochs, {steps} steps, eval on {cfg.task.val_size} each epoch; "
         f"median of {rounds} run(s) each; ray.init once: {t_init:.1f} s",
         ["", "plain s", "Ray s", "Ray - plain", "Ray / plain"],
         rows,
@@ -703,7 +703,7 @@ def ray_config(quick: bool, epochs: int | None, target_s: float) -> Any:
             [
                 "name=bench-quick",
                 "task.arith_train_size=640",
-                "task.eval_size=50",
+                "task.val_size=50",
                 "optim.epochs=2",
                 "optim.warmup_steps=5",
             ],

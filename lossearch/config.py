@@ -16,7 +16,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from lossearch.errors import LossearchError
 
@@ -25,15 +32,31 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+# Keys of earlier releases: a config that still uses one fails with the new key's name.
+_RENAMED_TASK_KEYS = {
+    "eval_size": "task.val_size (validation, used by the search) or task.test_size",
+    "eval_file": "task.validation_file or task.test_file",
+}
+
+
 class TaskConfig(_Section):
-    """Which data set, where it comes from, and how it is cut to length."""
+    """Which data set, where its three splits come from, and how it is cut to length.
+
+    Splits: ``train`` (trained on), ``validation`` (scored every epoch; the only split a
+    search sees) and ``test`` (scored after the last epoch of ``lossearch train`` and by
+    ``lossearch confirm``; never during a search). A data set without a validation split has
+    ``val_size`` examples carved out of train with ``data_seed``, disjoint from the examples
+    trained on. ``test_size`` keeps the first test rows (None: the whole test split).
+    """
 
     name: str = "arith"
     data_dir: str | None = None
     train_file: str | None = None
-    eval_file: str | None = None
+    validation_file: str | None = None
+    test_file: str | None = None
     train_size: int | None = Field(default=None, ge=1)
-    eval_size: int = Field(default=200, ge=1)
+    val_size: int = Field(default=200, ge=1)
+    test_size: int | None = Field(default=None, ge=1)
     max_length: int = Field(default=128, ge=8)
     target_format: Literal["formulas", "full"] = "formulas"
     # arith: synthetic problems (see lossearch/tasks/arith.py); data_seed seeds the problems,
@@ -47,6 +70,15 @@ class TaskConfig(_Section):
     prompt_field: str = "prompt"
     target_field: str = "target"
     answer_pattern: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed_keys(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for old, new in _RENAMED_TASK_KEYS.items():
+                if old in data:
+                    raise ValueError(f"'task.{old}' was renamed: use {new}")
+        return data
 
 
 class LoraConfig(_Section):

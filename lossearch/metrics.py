@@ -287,13 +287,42 @@ def _as_spec(spec_or_task_name: TaskSpec | str, answer_pattern: str | None) -> T
     return task_spec(spec_or_task_name, answer_pattern)
 
 
+def score_each(
+    spec_or_task_name: TaskSpec | str,
+    predictions: Sequence[str],
+    references: Sequence[str],
+    answer_pattern: str | None = None,
+) -> list[dict[str, float]]:
+    """Per-example scores, in order: ``exact_match`` (0 or 1) and, for math tasks, each
+    reasoning metric. The paired comparisons of ``lossearch confirm`` use these.
+
+    Raises:
+        LossearchError: as :func:`score`.
+    """
+    spec = _as_spec(spec_or_task_name, answer_pattern)
+    if len(predictions) != len(references):
+        raise LossearchError(
+            f"{len(predictions)} predictions but {len(references)} references"
+        )
+    if not references:
+        raise LossearchError("nothing to score: no predictions")
+    rows = []
+    for pred, ref in zip(predictions, references, strict=True):
+        row = {"exact_match": exact_match(spec, pred, ref)}
+        if spec.kind == "math":
+            row.update(reasoning_metrics(pred, ref))
+        rows.append(row)
+    return rows
+
+
 def score(
     spec_or_task_name: TaskSpec | str,
     predictions: Sequence[str],
     references: Sequence[str],
     answer_pattern: str | None = None,
 ) -> dict[str, float]:
-    """Mean over examples of ``exact_match`` and, for math tasks, each reasoning metric.
+    """Mean over examples of :func:`score_each`: ``exact_match`` and, for math tasks, each
+    reasoning metric.
 
     Args:
         spec_or_task_name: a :class:`TaskSpec` or a registered task name.
@@ -305,22 +334,8 @@ def score(
         LossearchError: unknown task, lengths differ, no examples, or a reference has no
             answer.
     """
-    spec = _as_spec(spec_or_task_name, answer_pattern)
-    if len(predictions) != len(references):
-        raise LossearchError(
-            f"{len(predictions)} predictions but {len(references)} references"
-        )
-    if not references:
-        raise LossearchError("nothing to score: no predictions")
-    totals: dict[str, float] = {"exact_match": 0.0}
-    if spec.kind == "math":
-        totals.update(dict.fromkeys(MATH_METRICS, 0.0))
-    for pred, ref in zip(predictions, references, strict=True):
-        totals["exact_match"] += exact_match(spec, pred, ref)
-        if spec.kind == "math":
-            for key, value in reasoning_metrics(pred, ref).items():
-                totals[key] += value
-    return {key: value / len(references) for key, value in totals.items()}
+    rows = score_each(spec_or_task_name, predictions, references, answer_pattern)
+    return {key: sum(r[key] for r in rows) / len(rows) for key in rows[0]}
 
 
 def read_predictions(path: str | Path) -> tuple[list[str], list[str]]:

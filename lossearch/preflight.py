@@ -6,7 +6,8 @@ tokenizer, whether any training example fits in ``task.max_length``, and whether
 at least one optimizer step per epoch. :func:`preflight` raises the same one-line
 :class:`~lossearch.errors.LossearchError` the worker would.
 
-``lossearch train`` checks its config, ``lossearch search`` its base config (values a trial
+``lossearch train`` and ``lossearch confirm`` check their configs with the test split,
+``lossearch search`` its base config without it (values a trial
 samples, e.g. a searched ``task.max_length``, are checked by the trial itself).
 """
 
@@ -55,10 +56,11 @@ def _tokenizer(cfg: ModelConfig) -> Any:
         ) from None
 
 
-def preflight(cfg: TrainConfig) -> None:
+def preflight(cfg: TrainConfig, *, test: bool = False) -> None:
     """Raise :class:`LossearchError` for what would make every worker of ``cfg`` fail.
 
-    Checks: the task exists and its train/eval data load and are not empty; the model path
+    Checks: the task exists and its train and validation data (and, with ``test``, its test
+    data) load and are not empty, and ``task.val_size`` fits in train; the model path
     exists and its tokenizer loads; at least one training example fits in
     ``task.max_length``; one epoch has at least one optimizer step.
     """
@@ -67,7 +69,7 @@ def preflight(cfg: TrainConfig) -> None:
 
     build_loss(cfg.loss)
     _check_model_path(cfg.model.name_or_path)  # before the slow imports and data loading
-    data = load_task(cfg.task)
+    data = load_task(cfg.task, test=test)
     tokenizer = _tokenizer(cfg.model)
     features, _ = tokenize(data.train, tokenizer, cfg.task.max_length)
     o, world = cfg.optim, cfg.scaling.num_workers

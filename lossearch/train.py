@@ -182,22 +182,57 @@ def train_epoch(
     return stats
 
 
-def evaluate(rep: Replica, data: Any, cfg: TrainConfig, device: torch.device) -> dict[str, float]:
-    """Greedy generation on the eval split, scored by the task's metrics."""
-    from lossearch.metrics import generate, score
+def predict(
+    rep: Replica, examples: list[Any], cfg: TrainConfig, device: torch.device, math: bool
+) -> list[str]:
+    """Greedy continuations of ``examples``' prompts (cut after the answer line for math)."""
+    from lossearch.metrics import generate
     from lossearch.models import unwrap
 
     model = unwrap(rep.model)
     model.eval()
-    preds = generate(
+    return generate(
         model,
         rep.tokenizer,
-        [ex.prompt for ex in data.eval],
+        [ex.prompt for ex in examples],
         max_new_tokens=cfg.eval.max_new_tokens,
         batch_size=cfg.eval.batch_size,
-        stop_after_answer=data.spec.kind == "math",
+        stop_after_answer=math,
     )
-    return score(data.spec, preds, [ex.target for ex in data.eval])
+
+
+def evaluate(rep: Replica, data: Any, cfg: TrainConfig, device: torch.device) -> dict[str, float]:
+    """Greedy generation on the validation split, scored by the task's metrics."""
+    from lossearch.metrics import score
+
+    preds = predict(rep, data.validation, cfg, device, data.spec.kind == "math")
+    return score(data.spec, preds, [ex.target for ex in data.validation])
+
+
+def evaluate_test(
+    rep: Replica, data: Any, cfg: TrainConfig, device: torch.device
+) -> tuple[dict[str, float], list[dict[str, Any]]]:
+    """Score the test split: ``({"test/<metric>": mean}, one row per question)``.
+
+    Each row is ``{"index", "prediction", "reference", <metric>: value}`` in test order,
+    the per-question record the paired comparisons of ``lossearch confirm`` read.
+    """
+    from lossearch.metrics import score_each
+
+    preds = predict(rep, data.test, cfg, device, data.spec.kind == "math")
+    refs = [ex.target for ex in data.test]
+    scores = score_each(data.spec, preds, refs)
+    rows = [
+        {"index": i, "prediction": p, "reference": r, **sc}
+        for i, (p, r, sc) in enumerate(zip(preds, refs, scores, strict=True))
+    ]
+    means = {f"test/{k}": sum(sc[k] for sc in scores) / len(scores) for k in scores[0]}
+    return means, rows
+
+
+def record_name(seed: int) -> str:
+    """File name of one seed's per-question test record (JSON lines) in a run's checkpoint."""
+    return f"test_predictions.seed{seed}.jsonl"
 
 
 def mean_over_seeds(per_seed: dict[int, dict[str, float]]) -> dict[str, float]:
@@ -237,7 +272,14 @@ def _quiet_libraries() -> None:
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
-    """Ray Train per-worker function. ``loop_config = {"config": <TrainConfig dict>, "seeds"}``."""
+    """Ray Train per-worker function.
+
+    ``loop_config = {"config": <TrainConfig dict>, "seeds": [...], "test": bool}``. The
+    validation split is scored every ``eval.every_epochs``; with ``test`` the test split is
+    also scored after the last epoch (``test/<metric>``, and each seed's per-question record
+    :func:`record_name` in the final checkpoint). Without it (a search trial) the
+    test split is not even loaded.
+    """
     import ray.train
     import ray.train.torch
 
@@ -248,13 +290,14 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
     _quiet_libraries()
     cfg = validate(loop_config["config"])
     seeds: list[int] = list(loop_config.get("seeds") or [cfg.seed])
+    with_test = bool(loop_config.get("test", False))
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
     torch.set_num_threads(max(1, int(cfg.scaling.cpus_per_worker)))
 
     # build: data, loss, one replica per seed
-    data = load_task(cfg.task)
+    data = load_task(cfg.task, test=with_test)
     loss_fn = build_loss(cfg.loss)
     n_train = len(data.train)
     steps_per_epoch, total_steps, epochs = plan_steps(n_train, cfg, world)
@@ -288,9 +331,13 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
             # (strict metric checking, OptunaSearch.on_trial_result). The caller reads the
             # reason from Result.return_value (rank 0's), see diverged_error.
             return {"epoch": epoch, "diverged": 1.0, "error": str(err)}
+        test_rows: dict[int, list[dict[str, Any]]] = {}
         if rank == 0 and (epoch % cfg.eval.every_epochs == 0 or epoch == epochs):
             for rep in replicas:
                 per_seed[rep.seed].update(evaluate(rep, data, cfg, device))
+                if with_test and epoch == epochs:
+                    means, test_rows[rep.seed] = evaluate_test(rep, data, cfg, device)
+                    per_seed[rep.seed].update(means)
         metrics = {"epoch": epoch, **mean_over_seeds(per_seed)}
         # where this epoch ran (strings, so analysis does not take them for metrics); the
         # search driver removes the placement group when Tune stops a trial early
@@ -305,6 +352,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
                 sys.stdout.write(f"[lossearch] {summary_line(metrics, epochs)}\n")
                 sys.stdout.flush()
                 write_checkpoint(tmp, epoch, history, replicas)
+                for seed, rows in test_rows.items():
+                    Path(tmp, record_name(seed)).write_text(
+                        "".join(json.dumps(r) + "\n" for r in rows)
+                    )
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
             else:
                 ray.train.report(metrics)
@@ -371,8 +422,12 @@ def build_trainer(
     name: str,
     callbacks: list[Any] | None = None,
     max_failures: int = 0,
+    test: bool = False,
 ) -> Any:
     """A ``TorchTrainer`` running :func:`train_loop_per_worker` for ``cfg``.
+
+    ``test`` scores the test split after the last epoch (``lossearch train``, the confirm
+    stage); a search trial leaves it False.
 
     The run lives at ``storage_path/name``; building the trainer again with the same pair
     resumes from its latest checkpoint (Train V2 keeps a checkpoint-manager snapshot there).
@@ -392,7 +447,7 @@ def build_trainer(
         resources["GPU"] = sc.gpus_per_worker
     return trainer_class()(
         train_loop_per_worker,
-        train_loop_config={"config": cfg.to_dict(), "seeds": seeds or [cfg.seed]},
+        train_loop_config={"config": cfg.to_dict(), "seeds": seeds or [cfg.seed], "test": test},
         scaling_config=ScalingConfig(
             num_workers=sc.num_workers, use_gpu=sc.use_gpu, resources_per_worker=resources
         ),
@@ -480,8 +535,9 @@ def train(
 ) -> dict[str, Any]:
     """Run one training and write the run directory; returns the last epoch's metrics.
 
-    Writes ``config.yaml`` (resolved) first, then ``metrics.jsonl`` (one object per epoch)
-    and ``checkpoint/`` (the final model, tokenizer and optimizer state) at the end.
+    Writes ``config.yaml`` (resolved) first, then ``metrics.jsonl`` (one object per epoch;
+    the last holds ``test/<metric>``), ``checkpoint/`` (the final model, tokenizer and
+    optimizer state) and ``test_predictions.seed<k>.jsonl`` (per test question) at the end.
     ``announce`` (``lossearch train`` passes ``typer.echo``) gets ``run: DIR`` once
     ``config.yaml`` is written.
     """
@@ -493,7 +549,7 @@ def train(
         raise LossearchError(f"output directory is not empty and not a lossearch run: {out}")
     from lossearch.preflight import preflight
 
-    preflight(cfg)  # bad data, model path or lengths: one line now, not a worker traceback
+    preflight(cfg, test=True)  # bad data, model path, lengths: one line now, not in a worker
     check_ray_address(address)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -503,7 +559,7 @@ def train(
     if announce:
         announce(f"run: {out}")
     init_ray(address)
-    trainer = build_trainer(cfg, storage_path=str(out), name="ray_train")
+    trainer = build_trainer(cfg, storage_path=str(out), name="ray_train", test=True)
     result = trainer.fit()
     if result.error is not None:
         raise result.error
@@ -520,13 +576,15 @@ def train(
         if final.exists():
             shutil.rmtree(final)
         shutil.copytree(ckpt_dir, final)
+    for record in final.glob("test_predictions.seed*.jsonl"):
+        shutil.copy2(record, out / record.name)
     (out / "metrics.jsonl").write_text("".join(json.dumps(h) + "\n" for h in history))
     return history[-1] if history else {}
 
 
 def summary_line(metrics: dict[str, Any], epochs: int | None = None) -> str:
     """``epoch 3/4  loss 0.412  exact_match 0.455 ...`` (``epoch 3`` without ``epochs``)."""
-    keys = ["loss", "exact_match", "formula_iou", "tokens_per_s"]
+    keys = ["loss", "exact_match", "formula_iou", "test/exact_match", "tokens_per_s"]
     parts = []
     if "epoch" in metrics:
         parts.append(f"epoch {metrics['epoch']}" + (f"/{epochs}" if epochs else ""))

@@ -46,7 +46,7 @@ FIXED_POINTS: list[dict[str, Any]] = [
 ]
 
 BASE_CONFIG: dict[str, Any] = {
-    "task": {"name": "arith", "eval_size": 200, "max_length": 128},
+    "task": {"name": "arith", "val_size": 200, "max_length": 128},
     "model": {"name_or_path": "tiny", "dtype": "float32", "lora": None},
     "loss": {"ce_scope": "sequence", "ce": {"weight": 1.0}},
     "optim": {"lr": 3e-3, "epochs": EPOCHS, "batch_size": 32},

@@ -43,7 +43,7 @@ EPOCHS = 3
 SEARCH_SPACE = {
     "base": {
         "name": "cluster",
-        "task": {"name": "arith", "arith_train_size": 480, "eval_size": 20},
+        "task": {"name": "arith", "arith_train_size": 480, "val_size": 20},
         "model": {"name_or_path": "tiny"},
         "optim": {"epochs": EPOCHS, "batch_size": 32, "warmup_steps": 0},
         "eval": {"max_new_tokens": 12},

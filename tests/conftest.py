@@ -32,7 +32,7 @@ def ray_local():
 # An easy arith (operands 1..5, + and -) that the tiny model learns past chance in 60 steps.
 EASY_BASE = {
     "name": "t",
-    "task": {"name": "arith", "arith_train_size": 1920, "eval_size": 50, "arith_max_operand": 5,
+    "task": {"name": "arith", "arith_train_size": 1920, "val_size": 50, "arith_max_operand": 5,
              "arith_ops": "+-"},
     "model": {"name_or_path": "tiny"},
     "loss": {"ce": 1.0},

@@ -78,7 +78,7 @@ def test_train_joins_the_cluster(
     log = root / "train.log"
     proc = procs.start(
         [procs.BIN / "lossearch", "train", "--address", ray_cluster["address"], "--out",
-         root / "run", "task.arith_train_size=320", "task.eval_size=10", "optim.epochs=1",
+         root / "run", "task.arith_train_size=320", "task.val_size=10", "optim.epochs=1",
          "eval.max_new_tokens=8", "scaling.cpus_per_worker=0.9"],
         log=log, cwd=root, env=ray_cluster["env"],
     )
@@ -97,7 +97,7 @@ def test_train_joins_the_cluster(
 def test_unreachable_address_is_one_line_error(tmp_path: Path) -> None:
     """Checked before Ray starts and before anything is written."""
     port = procs.free_port()  # nothing listens there
-    tail = ["--address", f"127.0.0.1:{port}", "task.arith_train_size=320", "task.eval_size=10"]
+    tail = ["--address", f"127.0.0.1:{port}", "task.arith_train_size=320", "task.val_size=10"]
     for done in procs.run_clis(
         [["train", "--out", "run", *tail], ["search", "--space", QUICK, "--name", "e", *tail]],
         cwd=tmp_path, timeout=120,

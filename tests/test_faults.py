@@ -50,7 +50,7 @@ HEALTHY_LR, DIVERGING_LR = 3e-3, 1e6
 SPACE = {
     "base": {
         "name": "faults",
-        "task": {"name": "arith", "arith_train_size": 640, "eval_size": 20},
+        "task": {"name": "arith", "arith_train_size": 640, "val_size": 20},
         "model": {"name_or_path": "tiny"},
         "loss": {"ce": 1.0},
         "optim": {"epochs": EPOCHS, "batch_size": 32, "warmup_steps": 0},
@@ -271,7 +271,7 @@ def test_diverged_trial_is_errored_with_reason_and_the_search_went_on(chaos: dic
 
 
 QUICK = procs.REPO / "search_spaces" / "quick.yaml"
-TINY_RUN = ["task.arith_train_size=320", "task.eval_size=20", "optim.epochs=1"]
+TINY_RUN = ["task.arith_train_size=320", "task.val_size=20", "optim.epochs=1"]
 
 
 def _limit_file_size() -> None:

@@ -100,10 +100,10 @@ def test_gsm8k_full_format_keeps_solution():
 
 @needs_gsm8k
 def test_gsm8k_loads_from_data_dir():
-    data = load_task(TaskConfig(name="gsm8k", data_dir=str(GSM8K_DIR), train_size=30, eval_size=7))
-    assert len(data.train) == 30 and len(data.eval) == 7
+    data = load_task(TaskConfig(name="gsm8k", data_dir=str(GSM8K_DIR), train_size=30, val_size=7))
+    assert len(data.train) == 30 and len(data.validation) == 7
     assert data.spec.kind == "math" and data.spec.stop_after_answer
-    assert all(ex.target.splitlines()[-1].startswith("#### ") for ex in data.eval)
+    assert all(ex.target.splitlines()[-1].startswith("#### ") for ex in data.validation)
 
 
 def test_gsm8k_from_explicit_jsonl_and_parquet(tmp_path):
@@ -115,10 +115,12 @@ def test_gsm8k_from_explicit_jsonl_and_parquet(tmp_path):
     ]
     train = write_jsonl(tmp_path / "tr.jsonl", rows)
     pd.DataFrame(rows).to_parquet(tmp_path / "ev.parquet")
-    cfg = TaskConfig(name="gsm8k", train_file=str(train), eval_file=str(tmp_path / "ev.parquet"))
+    ev = str(tmp_path / "ev.parquet")
+    cfg = TaskConfig(name="gsm8k", train_file=str(train), validation_file=ev, test_file=ev)
     data = load_task(cfg)
     assert [e.target for e in data.train] == ["<<2+3=5>>\n#### 5", "<<4*5=20>>\n#### 20"]
-    assert data.eval == data.train
+    assert data.validation == data.train and data.test == data.train
+    assert data.validation_source == ev
 
 
 def test_data_dir_finds_hub_parquet_layout(tmp_path):
@@ -128,8 +130,10 @@ def test_data_dir_finds_hub_parquet_layout(tmp_path):
     (tmp_path / "main").mkdir()
     pd.DataFrame(rows).to_parquet(tmp_path / "main" / "train-00000-of-00001.parquet")
     pd.DataFrame(rows).to_parquet(tmp_path / "main" / "test-00000-of-00001.parquet")
+    pd.DataFrame(rows).to_parquet(tmp_path / "main" / "validation-00000-of-00001.parquet")
     data = load_task(TaskConfig(name="gsm8k", data_dir=str(tmp_path)))
-    assert data.train == [Example("Question: q\nAnswer: ", "#### 1")]
+    one = [Example("Question: q\nAnswer: ", "#### 1")]
+    assert data.train == data.validation == data.test == one
 
 
 def test_bad_inputs_are_one_line_user_errors(tmp_path):
@@ -138,22 +142,25 @@ def test_bad_inputs_are_one_line_user_errors(tmp_path):
     bad.write_text("{not json\n")
     cases = {
         "missing": TaskConfig(name="gsm8k", train_file=str(tmp_path / "nope.jsonl"),
-                              eval_file=str(good)),
+                              test_file=str(good)),
         "fields": TaskConfig(
             name="gsm8k",
             train_file=str(write_jsonl(tmp_path / "f.jsonl", [{"question": "q", "solution": "x"}])),
-            eval_file=str(good),
+            validation_file=str(good), test_file=str(good),
         ),
-        "empty": TaskConfig(name="gsm8k", train_file=str(good),
-                            eval_file=str(write_jsonl(tmp_path / "e.jsonl", []))),
+        "empty": TaskConfig(name="gsm8k", train_file=str(good), validation_file=str(good),
+                            test_file=str(write_jsonl(tmp_path / "e.jsonl", []))),
+        "no_test": TaskConfig(name="gsm8k", train_file=str(good), validation_file=str(good),
+                              test_file=str(tmp_path / "absent.jsonl")),
+        "val_too_big": TaskConfig(name="gsm8k", train_file=str(good), test_file=str(good)),
         "nodir": TaskConfig(name="gsm8k", data_dir=str(tmp_path / "absent")),
         "nosplit": TaskConfig(name="gsm8k", data_dir=str(tmp_path)),
         "no_hash": TaskConfig(
-            name="gsm8k", eval_file=str(good),
+            name="gsm8k", validation_file=str(good), test_file=str(good),
             train_file=str(write_jsonl(tmp_path / "h.jsonl", [{"question": "q", "answer": "5"}])),
         ),
         "jsonl_no_data": TaskConfig(name="jsonl"),
-        "malformed": TaskConfig(name="gsm8k", eval_file=str(good), train_file=str(bad)),
+        "malformed": TaskConfig(name="gsm8k", test_file=str(good), train_file=str(bad)),
     }
     messages = {}
     for key, cfg in cases.items():
@@ -164,6 +171,8 @@ def test_bad_inputs_are_one_line_user_errors(tmp_path):
     assert "file not found" in messages["missing"]
     assert "lacks field(s) 'answer'" in messages["fields"]
     assert "no rows" in messages["empty"]
+    assert "file not found" in messages["no_test"] and "absent.jsonl" in messages["no_test"]
+    assert "task.val_size 200 is not smaller than the 1 training" in messages["val_too_big"]
     assert "data directory not found" in messages["nodir"]
     assert "no train file" in messages["nosplit"]
     assert "could not read" in messages["malformed"]
@@ -258,7 +267,8 @@ def test_openbookqa_formatting():
 def test_openbookqa_needs_fact1(tmp_path):
     row = {k: v for k, v in OBQA_ROW.items() if k != "fact1"}
     path = write_jsonl(tmp_path / "o.jsonl", [row])
-    cfg = TaskConfig(name="openbookqa", train_file=str(path), eval_file=str(path))
+    cfg = TaskConfig(name="openbookqa", train_file=str(path), validation_file=str(path),
+                     test_file=str(path))
     with pytest.raises(LossearchError, match="'fact1'"):
         load_task(cfg)
 
@@ -293,25 +303,31 @@ def test_hellaswag_formatting_from_parquet(tmp_path):
     )
     assert ex.target == "D"
     pd.DataFrame([HELLASWAG_ROW]).to_parquet(tmp_path / "train.parquet")
+    pd.DataFrame([HELLASWAG_ROW] * 3).to_parquet(tmp_path / "train.parquet")
     pd.DataFrame([HELLASWAG_ROW]).to_parquet(tmp_path / "validation.parquet")
-    data = load_task(TaskConfig(name="hellaswag", data_dir=str(tmp_path)))
-    assert data.eval == [ex] and data.spec.kind == "choice"
+    # HellaSwag's labelled "validation" is its test split; validation is carved from train
+    data = load_task(TaskConfig(name="hellaswag", data_dir=str(tmp_path), val_size=1))
+    assert data.test == [ex] and data.validation == [ex] and len(data.train) == 2
+    assert "carved" in data.validation_source and data.spec.kind == "choice"
 
 
 def test_hellaswag_unlabeled_row_is_user_error(tmp_path):
     path = write_jsonl(tmp_path / "h.jsonl", [{**HELLASWAG_ROW, "label": ""}])
     with pytest.raises(LossearchError, match="label"):
-        load_task(TaskConfig(name="hellaswag", train_file=str(path), eval_file=str(path)))
+        load_task(TaskConfig(name="hellaswag", train_file=str(path), validation_file=str(path),
+                             test_file=str(path)))
 
 
 def test_jsonl_task_with_custom_fields(tmp_path):
     rows = [{"q": "2+2=", "a": "4", "other": 1}, {"q": "3+3=", "a": "6", "other": 2}]
     (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (tmp_path / "dev.jsonl").write_text(json.dumps(rows[0]) + "\n")
+    (tmp_path / "test.jsonl").write_text(json.dumps(rows[1]) + "\n")
     cfg = TaskConfig(name="jsonl", data_dir=str(tmp_path), prompt_field="q", target_field="a",
                      answer_pattern=r"(\d+)")
     data = load_task(cfg)
     assert data.train == [Example("2+2=", "4"), Example("3+3=", "6")]
+    assert data.validation == [Example("2+2=", "4")] and data.test == [Example("3+3=", "6")]
     assert data.spec.kind == "string" and data.spec.answer_pattern == r"(\d+)"
     with pytest.raises(LossearchError, match="lacks field"):
         load_task(cfg.model_copy(update={"target_field": "answer"}))
@@ -330,20 +346,21 @@ def _formulas(target: str) -> list[tuple[int, str, int, int]]:
 
 
 def test_arith_is_deterministic_and_independent_of_global_rng():
-    cfg = TaskConfig(arith_train_size=300, eval_size=50)
+    cfg = TaskConfig(arith_train_size=300, val_size=50)
     random.seed(1)
     first = load_task(cfg)
     random.seed(2)
     second = load_task(cfg)
     assert first == second
     other = load_task(cfg.model_copy(update={"data_seed": 1}))
-    assert other.eval != first.eval and other.train != first.train
+    assert other.validation != first.validation and other.train != first.train
+    assert other.test != first.test
 
 
 def test_arith_default_problem_format():
-    data = load_task(TaskConfig(arith_train_size=50, eval_size=20))
-    assert data.spec.kind == "math" and len(data.train) == 50 and len(data.eval) == 20
-    for ex in data.train + data.eval:
+    data = load_task(TaskConfig(arith_train_size=50, val_size=20))
+    assert data.spec.kind == "math" and len(data.train) == 50 and len(data.validation) == 20
+    for ex in data.train + data.validation:
         assert ex.prompt.startswith("Q: ") and ex.prompt.endswith(" now?\nA: ")
         (a, op, b, v), = _formulas(ex.target)
         assert ex.target == f"<<{a}{op}{b}={v}>>\n#### {v}"
@@ -353,9 +370,9 @@ def test_arith_default_problem_format():
 @pytest.mark.parametrize("steps,max_operand,ops", [(1, 5, "+-"), (2, 9, "+-*/"), (3, 20, "*/")])
 def test_arith_knobs(steps, max_operand, ops):
     cfg = TaskConfig(arith_steps=steps, arith_max_operand=max_operand, arith_ops=ops,
-                     arith_train_size=200, eval_size=40)
+                     arith_train_size=200, val_size=40)
     data = load_task(cfg)
-    for ex in data.train + data.eval:
+    for ex in data.train + data.validation:
         formulas = _formulas(ex.target)
         assert len(formulas) == steps
         for k, (a, op, b, v) in enumerate(formulas):
@@ -373,11 +390,13 @@ def test_arith_knobs(steps, max_operand, ops):
 
 
 def test_arith_held_out_problems_not_in_training():
-    cfg = TaskConfig(arith_max_operand=3, arith_ops="+", arith_train_size=500, eval_size=30)
+    cfg = TaskConfig(arith_max_operand=3, arith_ops="+", arith_train_size=500, val_size=30)
     data = load_task(cfg)
-    held = {ex.prompt for ex in data.eval}
-    assert len(held) == 30  # distinct
+    held = {ex.prompt for ex in data.validation}
+    tested = {ex.prompt for ex in data.test}
+    assert len(held) == 30 and len(tested) == 200  # distinct
     assert not held & {ex.prompt for ex in data.train}
+    assert not tested & {ex.prompt for ex in data.train} and not tested & held
     # without the exclusion the training stream would have repeated some of them
     unfiltered = arith_mod.generate(500, steps=1, max_operand=3, ops="+", seed=0)
     assert held & {ex.prompt for ex in unfiltered}
@@ -395,8 +414,8 @@ def test_arith_fits_default_max_length():
     tok = build_tiny_tokenizer()
     for steps, max_operand in [(1, 20), (2, 9)]:
         data = load_task(TaskConfig(arith_steps=steps, arith_max_operand=max_operand,
-                                    arith_ops="+-*/", arith_train_size=1000, eval_size=200))
-        _, stats = tokenize(data.train + data.eval, tok, 128)
+                                    arith_ops="+-*/", arith_train_size=1000, val_size=200))
+        _, stats = tokenize(data.train + data.validation, tok, 128)
         assert stats.truncated == 0 and stats.dropped == 0
 
 
@@ -505,12 +524,13 @@ def test_collate_pads_and_masks():
 def test_arith_splits_frozen_as_jsonl_load_back_identically(tmp_path):
     from lossearch.tasks import save_jsonl
 
-    cfg = TaskConfig(arith_train_size=40, eval_size=10, data_seed=7)
-    train, evals = arith_mod.splits(cfg)
+    cfg = TaskConfig(arith_train_size=40, val_size=10, data_seed=7)
+    train, validation, test = arith_mod.splits(cfg)
     save_jsonl(train, tmp_path / "train.jsonl")
-    save_jsonl(evals, tmp_path / "test.jsonl")
+    save_jsonl(validation, tmp_path / "validation.jsonl")
+    save_jsonl(test, tmp_path / "test.jsonl")
     data = load_task(TaskConfig(name="jsonl", data_dir=str(tmp_path)))
-    assert data.train == train and data.eval == evals
+    assert data.train == train and data.validation == validation and data.test == test
 
 
 @pytest.mark.parametrize("ops", ["-", "/", "-/"])
@@ -525,3 +545,40 @@ def test_arith_restrictive_operators_still_terminate(ops):
 def test_arith_impossible_operators_are_user_error():
     with pytest.raises(LossearchError, match="cannot make 3-step problems"):
         arith_mod.generate(1, steps=3, max_operand=3, ops="/", seed=0)
+
+
+@needs_gsm8k
+def test_gsm8k_validation_is_carved_from_train_disjoint_and_seeded():
+    base = dict(name="gsm8k", data_dir=str(GSM8K_DIR), val_size=50)
+    data = load_task(TaskConfig(**base))
+    rows = (GSM8K_DIR / "train.jsonl").read_text().splitlines()
+    assert len(data.train) + len(data.validation) == len(rows)
+    assert not {e.prompt for e in data.validation} & {e.prompt for e in data.train}
+    assert len(data.test) == len((GSM8K_DIR / "test.jsonl").read_text().splitlines())
+    assert "carved" in data.validation_source
+    again = load_task(TaskConfig(**base))
+    other = load_task(TaskConfig(**base, data_seed=1))
+    assert again.validation == data.validation and other.validation != data.validation
+    capped = load_task(TaskConfig(**base, train_size=20, test_size=9))
+    assert capped.validation == data.validation  # carved before train_size caps train
+    assert len(capped.train) == 20 and capped.test == data.test[:9]
+
+
+def test_search_loads_no_test_split(tmp_path):
+    rows = [{"prompt": f"{i}+1=", "target": str(i + 1)} for i in range(5)]
+    train = write_jsonl(tmp_path / "train.jsonl", rows)
+    cfg = TaskConfig(name="jsonl", train_file=str(train), val_size=2,
+                     test_file=str(tmp_path / "never-written.jsonl"))
+    data = load_task(cfg, test=False)  # what a search trial does: the test file is not read
+    assert data.test == [] and len(data.validation) == 2 and len(data.train) == 3
+    with pytest.raises(LossearchError, match="never-written.jsonl"):
+        load_task(cfg)
+
+
+@pytest.mark.parametrize("key", ["eval_size", "eval_file"])
+def test_renamed_task_keys_name_the_new_key(key):
+    from lossearch.config import load_config
+
+    with pytest.raises(LossearchError, match=f"'task.{key}' was renamed: use task.") as info:
+        load_config(None, [f"task.{key}=10"])
+    assert "\n" not in str(info.value)

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.slow
 # An easy arith (operands 1..5, + and -): 60 optimizer steps take the tiny model past chance.
 EASY = {
     "task.arith_train_size": 1920,
-    "task.eval_size": 50,
+    "task.val_size": 50,
     "task.arith_max_operand": 5,
     "task.arith_ops": "+-",
     "optim.epochs": 1,
@@ -37,9 +37,9 @@ def _untrained_exact_match(cfg) -> float:
 
     data = load_task(cfg.task)
     model, tok = load_model_and_tokenizer(cfg.model, seed=cfg.seed)
-    preds = generate(model, tok, [e.prompt for e in data.eval], max_new_tokens=16,
+    preds = generate(model, tok, [e.prompt for e in data.validation], max_new_tokens=16,
                      batch_size=64, stop_after_answer=True)
-    return score(data.spec, preds, [e.target for e in data.eval])["exact_match"]
+    return score(data.spec, preds, [e.target for e in data.validation])["exact_match"]
 
 
 @pytest.fixture(scope="module")
@@ -117,8 +117,8 @@ def test_two_workers_match_one_worker_first_step_gradient(ray_local, tmp_path):
     data = tmp_path / "sums.jsonl"
     _fixed_length_jsonl(data, 32)
     base = {
-        "task.name": "jsonl", "task.train_file": str(data), "task.eval_file": str(data),
-        "task.eval_size": 4, "optim.max_steps": 1, "optim.warmup_steps": 0,
+        "task.name": "jsonl", "task.train_file": str(data), "task.test_file": str(data),
+        "task.val_size": 4, "optim.max_steps": 1, "optim.warmup_steps": 0,
         "optim.max_grad_norm": None, "eval.max_new_tokens": 4,
     }
     single = load_config(overrides={**base, "optim.batch_size": 8})

@@ -21,10 +21,11 @@ Generation (all knobs are :class:`~lossearch.config.TaskConfig` fields):
       more often: ``++-``). Subtraction never goes below zero and division is always exact:
       each step draws uniformly among the operators that can act on the running value (``/``
       needs a divisor in range, ``-`` a value >= 1).
-    * ``data_seed``: seeds the generator, independent of the training ``seed``. The held-out
-      problems come from their own stream (``eval_size`` distinct problems) and every training
-      problem whose prompt equals a held-out prompt is skipped, so no held-out problem is in
-      the training stream. The same arithmetic can appear in both with other wording.
+    * ``data_seed``: seeds the generator, independent of the training ``seed``. Validation
+      (``val_size`` distinct problems) and test (``test_size``, default 200) come from
+      streams of their own, test without any validation prompt, and every training problem
+      whose prompt equals a held-out prompt is skipped, so no held-out problem is in the
+      training stream. The same arithmetic can appear in two splits with other wording.
     * ``arith_train_size``: training problems (``train_size``, when set, caps it further).
 
 Calibration (the defaults: 1 step, operands ``1..12``, ``+-*``, 6400 problems, i.e. 600
@@ -38,8 +39,8 @@ steps, operands ``1..9`` give 0.88, ``1..10`` 0.72, ``1..11`` 0.38-0.63 and ``1.
 ``eval.max_new_tokens >= 33``.
 
 The same arguments always give the same problems (Python's ``random.Random`` seeded with a
-string, which does not depend on hash randomisation). :func:`splits` gives the (train, eval)
-lists for a config; :func:`lossearch.tasks.save_jsonl` freezes them as files for the ``jsonl``
+string, which does not depend on hash randomisation). :func:`splits` gives the (train, validation,
+test) lists for a config; :func:`lossearch.tasks.save_jsonl` freezes them as files for the ``jsonl``
 task.
 """
 
@@ -199,21 +200,40 @@ def generate(
     return out
 
 
-def splits(cfg: TaskConfig) -> tuple[list[Example], list[Example]]:
-    """The (train, eval) problems for ``cfg``: eval first, then a train stream without them."""
+ARITH_TEST_SIZE = 200  # test problems when ``task.test_size`` is None (the stream is endless)
+
+
+def splits(cfg: TaskConfig) -> tuple[list[Example], list[Example], list[Example]]:
+    """The (train, validation, test) problems for ``cfg``.
+
+    Validation comes first from the ``eval`` stream (``val_size`` distinct problems), test
+    from the ``test`` stream (``test_size``, default :data:`ARITH_TEST_SIZE`, distinct and
+    none equal to a validation prompt), then train from its own stream without either.
+    """
     knobs = dict(steps=cfg.arith_steps, max_operand=cfg.arith_max_operand, ops=cfg.arith_ops)
-    evals = generate(cfg.eval_size, seed=cfg.data_seed, stream="eval", unique=True, **knobs)
+    validation = generate(cfg.val_size, seed=cfg.data_seed, stream="eval", unique=True, **knobs)
+    val_prompts = {ex.prompt for ex in validation}
+    test = generate(
+        cfg.test_size or ARITH_TEST_SIZE, seed=cfg.data_seed, stream="test", unique=True,
+        exclude=val_prompts, **knobs,
+    )
     size = min(cfg.arith_train_size, cfg.train_size or cfg.arith_train_size)
-    held_out = {ex.prompt for ex in evals}
+    held_out = val_prompts | {ex.prompt for ex in test}
     train = generate(size, seed=cfg.data_seed, stream="train", exclude=held_out, **knobs)
-    return train, evals
+    return train, validation, test
 
 
 class Arith(Task):
     name = "arith"
     kind = "math"
 
-    def load(self, cfg: TaskConfig) -> TaskData:
+    def load(self, cfg: TaskConfig, *, test: bool = True) -> TaskData:
         """Generate the problems; ``data_dir`` / files are not used by this task."""
-        train, evals = splits(cfg)
-        return TaskData(train=train, eval=evals, spec=TaskSpec(name=self.name, kind=self.kind))
+        train, validation, tests = splits(cfg)
+        return TaskData(
+            train=train,
+            validation=validation,
+            test=tests if test else [],
+            spec=TaskSpec(name=self.name, kind=self.kind),
+            validation_source=f"arith 'eval' stream (data_seed {cfg.data_seed})",
+        )

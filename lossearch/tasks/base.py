@@ -1,11 +1,19 @@
 """What every task shares: the example and spec types, and loading rows through ``datasets``.
 
 A task turns rows of its data set's *native* field layout (the columns the Hugging Face Hub
-copy has) into :class:`Example` pairs of prompt and target text. Rows come from local files
-(``task.train_file`` / ``task.eval_file``, or the split files found in ``task.data_dir``; JSONL
-or Parquet, read with the ``json`` / ``parquet`` builders of :func:`datasets.load_dataset`) or,
-when no local file is named, from the task's Hub data set. After loading, both sources take
-the same code path.
+copy has) into :class:`Example` pairs of prompt and target text, in three splits:
+
+* ``train``: what the model trains on;
+* ``validation``: scored every epoch; the only held-out split a search sees. A data set
+  that ships one uses it; otherwise ``task.val_size`` examples are carved out of train by a
+  shuffle seeded with ``task.data_seed`` and removed from the examples trained on;
+* ``test``: scored only after training (``lossearch train``'s last epoch, ``lossearch
+  confirm``), loaded only when asked for.
+
+Rows come from local files (``task.train_file`` / ``task.validation_file`` /
+``task.test_file``, or the split files found in ``task.data_dir``; JSONL or Parquet, read with
+the ``json`` / ``parquet`` builders of :func:`datasets.load_dataset`) or, when no local file
+is named, from the task's Hub data set. After loading, both sources take the same code path.
 
 Every problem the user can fix (missing file, unreadable file, rows without the needed fields,
 an empty split, no network for the Hub) raises :class:`~lossearch.errors.LossearchError` with
@@ -27,6 +35,9 @@ if TYPE_CHECKING:
     from lossearch.config import TaskConfig
 
 TaskKind = Literal["math", "choice", "string"]
+
+# File names a ``data_dir`` validation split may have (``validation.jsonl``, ``dev.parquet``...).
+DIR_VALIDATION_NAMES = ("validation", "val", "dev")
 
 _SUFFIXES = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 
@@ -62,13 +73,22 @@ class TaskSpec:
         return self.kind == "math"
 
 
+Split = Literal["train", "validation", "test"]
+
+
 @dataclass(frozen=True)
 class TaskData:
-    """A loaded task: training and held-out examples plus the scoring spec."""
+    """A loaded task: its three splits plus the scoring spec.
+
+    ``test`` is empty unless the test split was asked for; ``validation_source`` says where
+    the validation examples came from (a file, a Hub split, or ``carved from train``).
+    """
 
     train: list[Example]
-    eval: list[Example]
+    validation: list[Example]
+    test: list[Example]
     spec: TaskSpec
+    validation_source: str = ""
 
 
 def _first_line(exc: BaseException) -> str:
@@ -123,7 +143,7 @@ def load_hub_split(path: str, config: str | None, split: str) -> list[dict[str, 
     except Exception as exc:
         raise LossearchError(
             f"could not load {path} ({split}) from the Hugging Face Hub ({_first_line(exc)}); "
-            "set task.data_dir or task.train_file/task.eval_file to local files"
+            "set task.data_dir or task.train_file/task.test_file to local files"
         ) from None
     return ds.to_list()
 
@@ -182,8 +202,10 @@ class Task:
         name: registry name.
         kind: scoring kind (see :class:`TaskSpec`).
         hub_path, hub_config: the Hub data set used when no local file is given.
-        train_splits, eval_splits: split names to try, in order, for the Hub and for
-            ``data_dir``.
+        train_splits, validation_splits, test_splits: split names to try, in order, for the
+            Hub; no ``validation_splits`` means the Hub copy's validation is carved out of
+            train. In ``data_dir`` a validation file is any of :data:`DIR_VALIDATION_NAMES`
+            that is not a test split name.
         fields: the native columns every row must have.
     """
 
@@ -192,7 +214,8 @@ class Task:
     hub_path: ClassVar[str | None] = None
     hub_config: ClassVar[str | None] = None
     train_splits: ClassVar[tuple[str, ...]] = ("train",)
-    eval_splits: ClassVar[tuple[str, ...]] = ("test", "validation")
+    validation_splits: ClassVar[tuple[str, ...]] = ("validation", "val", "dev")
+    test_splits: ClassVar[tuple[str, ...]] = ("test",)
     fields: ClassVar[tuple[str, ...]] = ()
 
     def spec(self, cfg: TaskConfig) -> TaskSpec:
@@ -209,16 +232,37 @@ class Task:
 
     # -- loading ---------------------------------------------------------------------------
 
-    def rows(self, cfg: TaskConfig, which: Literal["train", "eval"]) -> tuple[list[dict], str]:
-        """Raw rows of one side and a label naming where they came from."""
-        explicit = cfg.train_file if which == "train" else cfg.eval_file
-        splits = self.train_splits if which == "train" else self.eval_splits
+    def rows(self, cfg: TaskConfig, which: Split) -> tuple[list[dict], str] | None:
+        """Raw rows of one split and a label naming where they came from.
+
+        None for a validation split the data does not have (it is then carved out of train);
+        a missing train or test split raises.
+        """
+        explicit = {
+            "train": cfg.train_file, "validation": cfg.validation_file, "test": cfg.test_file
+        }[which]
+        splits = {
+            "train": self.train_splits,
+            "validation": self.validation_splits,
+            "test": self.test_splits,
+        }[which]
         if explicit:
             return read_rows(explicit), str(explicit)
         if cfg.data_dir:
-            path = find_split_file(cfg.data_dir, splits)
+            if which == "validation":  # any of the usual names that is not the test split
+                splits = tuple(s for s in DIR_VALIDATION_NAMES if s not in self.test_splits)
+            try:
+                path = find_split_file(cfg.data_dir, splits)
+            except LossearchError:
+                if which == "validation" and Path(cfg.data_dir).is_dir():
+                    return None
+                raise
             return read_rows(path), str(path)
+        if which == "validation" and not splits:
+            return None
         if self.hub_path is None:
+            if which == "validation":
+                return None
             raise LossearchError(
                 f"task '{self.name}' needs local data: set task.data_dir or task.{which}_file"
             )
@@ -258,13 +302,54 @@ class Task:
                 ) from None
         return out
 
-    def load(self, cfg: TaskConfig) -> TaskData:
-        """Load and format both sides; ``train_size`` / ``eval_size`` keep the first rows."""
+    def load(self, cfg: TaskConfig, *, test: bool = True) -> TaskData:
+        """Load and format the splits (``test`` only when asked for).
+
+        Validation: the data set's own split (first ``val_size`` rows) or, without one,
+        :func:`carve` of train. Then ``train_size`` keeps the first remaining training
+        rows and ``test_size`` the first test rows.
+        """
         train_rows, train_src = self.rows(cfg, "train")
-        eval_rows, eval_src = self.rows(cfg, "eval")
+        if not train_rows:
+            raise LossearchError(f"{self.name}: no rows in {train_src}")
+        found = self.rows(cfg, "validation")
+        if found is None:
+            train_rows, val_rows = carve(train_rows, cfg.val_size, cfg.data_seed, train_src)
+            val_src = f"{cfg.val_size} examples carved from {train_src} (data_seed {cfg.data_seed})"
+        else:
+            val_rows, val_src = found
         train = self.examples(train_rows, cfg, train_src, cfg.train_size)
-        evals = self.examples(eval_rows, cfg, eval_src, cfg.eval_size)
-        return TaskData(train=train, eval=evals, spec=self.spec(cfg))
+        validation = self.examples(val_rows, cfg, val_src, cfg.val_size)
+        tests: list[Example] = []
+        if test:
+            test_rows, test_src = self.rows(cfg, "test")  # type: ignore[misc]
+            tests = self.examples(test_rows, cfg, test_src, cfg.test_size)
+        return TaskData(train, validation, tests, self.spec(cfg), validation_source=val_src)
+
+
+def carve(
+    rows: list[dict[str, Any]], size: int, seed: int, source: str = "train"
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Split ``rows`` into ``(rest, held_out)`` with ``len(held_out) == size``.
+
+    The held-out rows are the first ``size`` positions of a permutation of ``range(len(rows))``
+    drawn by ``random.Random(seed)``; the rest keep their original order. Disjoint by
+    position, so a duplicated row can sit on both sides only if the data set repeats it.
+
+    Raises:
+        LossearchError: ``size`` is not smaller than the number of rows.
+    """
+    import random
+
+    if size >= len(rows):
+        raise LossearchError(
+            f"task.val_size {size} is not smaller than the {len(rows)} training examples "
+            f"of {source}: lower task.val_size or give a validation file"
+        )
+    order = list(range(len(rows)))
+    random.Random(seed).shuffle(order)
+    held = set(order[:size])
+    return [r for i, r in enumerate(rows) if i not in held], [rows[i] for i in order[:size]]
 
 
 _LETTERS = "ABCDEFGHIJ"

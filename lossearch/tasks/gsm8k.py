@@ -55,7 +55,8 @@ class GSM8K(Task):
     hub_path = "openai/gsm8k"
     hub_config = "main"
     train_splits = ("train",)
-    eval_splits = ("test",)
+    validation_splits = ()
+    test_splits = ("test",)
     fields = ("question", "answer")
 
     def to_example(self, row: dict[str, Any], cfg: TaskConfig) -> Example:

@@ -24,7 +24,8 @@ class HellaSwag(Task):
     hub_path = "Rowan/hellaswag"
     hub_config = None
     train_splits = ("train",)
-    eval_splits = ("validation",)
+    validation_splits = ()
+    test_splits = ("validation",)
     fields = ("activity_label", "endings", "label")
 
     def to_example(self, row: dict[str, Any], cfg: TaskConfig) -> Example:

@@ -25,7 +25,8 @@ class Jsonl(Task):
     kind = "string"
     hub_path = None
     train_splits = ("train",)
-    eval_splits = ("test", "validation", "eval", "dev")
+    validation_splits = ("validation", "val", "dev")
+    test_splits = ("test",)
 
     def spec(self, cfg: TaskConfig) -> TaskSpec:
         if cfg.answer_pattern is not None:

@@ -188,7 +188,8 @@ class MathQA(Task):
     hub_path = "allenai/math_qa"
     hub_config = None
     train_splits = ("train",)
-    eval_splits = ("test", "validation")
+    validation_splits = ("validation",)
+    test_splits = ("test",)
     fields = ("Problem", "options", "correct", "linear_formula")
 
     def to_example(self, row: dict[str, Any], cfg: TaskConfig) -> Example:

@@ -26,7 +26,8 @@ class OpenBookQA(Task):
     hub_path = "allenai/openbookqa"
     hub_config = "additional"
     train_splits = ("train",)
-    eval_splits = ("test", "validation")
+    validation_splits = ("validation",)
+    test_splits = ("test",)
     fields = ("question_stem", "choices", "answerKey", "fact1")
 
     def to_example(self, row: dict[str, Any], cfg: TaskConfig) -> Example:

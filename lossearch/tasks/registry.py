@@ -47,16 +47,17 @@ def task_spec(name: str, answer_pattern: str | None = None) -> TaskSpec:
     return get_task(name).spec(TaskConfig(name=name, answer_pattern=answer_pattern))
 
 
-def load_task(cfg: TaskConfig) -> TaskData:
-    """Load task ``cfg.name``: train and eval examples plus the scoring spec.
+def load_task(cfg: TaskConfig, *, test: bool = True) -> TaskData:
+    """Load task ``cfg.name``: train, validation and (when ``test``) test examples plus the
+    scoring spec. A search loads with ``test=False``: it never reads the test split.
 
     Raises:
         LossearchError: unknown task, missing/unreadable file, rows without the task's
-            fields, an empty split, or no network for a Hub data set.
+            fields, an empty split, a ``val_size`` not smaller than train, or no network
+            for a Hub data set.
     """
-    data = get_task(cfg.name).load(cfg)
-    if not data.train:
-        raise LossearchError(f"task '{cfg.name}': the training set is empty")
-    if not data.eval:
-        raise LossearchError(f"task '{cfg.name}': the eval set is empty")
+    data = get_task(cfg.name).load(cfg, test=test)
+    for split in ("train", "validation") + (("test",) if test else ()):
+        if not getattr(data, split):
+            raise LossearchError(f"task '{cfg.name}': the {split} set is empty")
     return data
