@@ -111,6 +111,32 @@ def search(
 
 
 @app.command()
+def confirm(
+    experiment: str = typer.Argument(..., help="Experiment directory or URI."),
+    seeds: int = typer.Option(3, "--seeds", help="Seeds per configuration (seed .. seed+S-1)."),
+    top: int = typer.Option(1, "--top", help="Best configurations per loss family (K)."),
+    metric: str = typer.Option(None, "--metric", help="Metric (default: the search's)."),
+    address: str = typer.Option(None, "--address", help="Ray cluster address (HOST:PORT)."),
+    max_concurrent: int = typer.Option(
+        None, "--max-concurrent", help="Runs at once (default: the search's)."
+    ),
+) -> None:
+    """Re-train each family's best configs under S seeds, score on test, print the verdict.
+
+    Writes EXP/confirm/ (runs, per-question test records, verdict.csv). Running it again
+    skips finished runs and resumes the others.
+    """
+    from lossearch.search.confirm import confirm as run_confirm
+    from lossearch.search.verdict_report import finish_confirm
+
+    done = run_confirm(
+        experiment, seeds=seeds, top_k=top, metric=metric, address=address,
+        max_concurrent=max_concurrent, announce=typer.echo,
+    )
+    finish_confirm(experiment, done.metric)
+
+
+@app.command()
 def resume(
     experiment: str = typer.Argument(..., help="Experiment directory or URI."),
     address: str = typer.Option(None, "--address", help="Ray cluster address (HOST:PORT)."),
@@ -156,7 +182,12 @@ def analyze(
         return
     from rich.console import Console
 
-    Console().print(rankings_table(result.rankings, result.metric))
+    from analysis.report import expected_max_table
+
+    console = Console()
+    console.print(rankings_table(result.rankings, result.metric))
+    if result.expected_max is not None:
+        console.print(expected_max_table(result.expected_max, result.metric))
     typer.echo(f"report: {result.out_dir / 'report.md'}")
 
 

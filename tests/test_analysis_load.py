@@ -299,7 +299,8 @@ def test_cli_analyze_json_and_default_out(exp_copy: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     rankings = json.loads(proc.stdout)
     assert {r["loss"] for r in rankings} <= set(fx.FAMILIES)
-    assert {"task", "model", "rank", "improvement_vs_ce_pct", "p_value"} <= set(rankings[0])
+    expected = {"task", "model", "rank", "delta_vs_ce", "delta_ci_low", "delta_ci_high", "p_value"}
+    assert expected <= set(rankings[0])
     ce = [r for r in rankings if r["loss"] == "ce"]
     assert ce and ce[0]["p_value"] is None  # NaN becomes null
     assert (exp_copy / "analysis" / "report.md").is_file()

@@ -27,12 +27,12 @@ from tests import procs
 from tests.procs import REPO
 
 QUICK = REPO / "search_spaces" / "quick.yaml"
-SMALL = ["task.arith_train_size=320", "task.eval_size=20", "optim.epochs=1"]
+SMALL = ["task.arith_train_size=320", "task.val_size=20", "optim.epochs=1"]
 
 
 def _space(**space: Any) -> dict[str, Any]:
     return {
-        "base": {"task": {"name": "arith", "arith_train_size": 320, "eval_size": 20}},
+        "base": {"task": {"name": "arith", "arith_train_size": 320, "val_size": 20}},
         "search": {"sampler": "random", "num_samples": 2},
         "space": {"loss.family": "ce", "optim.lr": {"low": 1e-3, "high": 1e-2}, **space},
     }
@@ -40,7 +40,7 @@ def _space(**space: Any) -> dict[str, Any]:
 
 def _make_files(root: Path) -> None:
     """Input files of the cases, and the pre-made experiment every case must leave alone."""
-    (root / "bad.yaml").write_text("task:\n  name: arith\n  eval_size: [1, 2\nseed: 0\n")
+    (root / "bad.yaml").write_text("task:\n  name: arith\n  val_size: [1, 2\nseed: 0\n")
     (root / "space_empty_choices.yaml").write_text(
         yaml.safe_dump(_space(**{"optim.batch_size": {"choices": []}}))
     )
@@ -69,14 +69,26 @@ CASES: list[tuple[str, list[str], str]] = [
     ("train-negative-gamma", ["train", "loss.focal.weight=0.5", "loss.focal.gamma=-1"], "gamma"),
     (
         "train-missing-data-file",
-        ["train", "task.name=jsonl", "task.train_file=missing.jsonl", "task.eval_file=ok.jsonl"],
+        ["train", "task.name=jsonl", "task.train_file=missing.jsonl", "task.test_file=ok.jsonl"],
         "missing.jsonl",
     ),
     (
         "train-empty-dataset",
-        ["train", "task.name=jsonl", "task.train_file=empty.jsonl", "task.eval_file=ok.jsonl"],
+        ["train", "task.name=jsonl", "task.train_file=empty.jsonl", "task.test_file=ok.jsonl"],
         "empty.jsonl",
     ),
+    (
+        "train-val-size-too-big",
+        ["train", "task.name=jsonl", "task.train_file=ok.jsonl", "task.test_file=ok.jsonl"],
+        "task.val_size 200 is not smaller than the 40 training examples",
+    ),
+    (
+        "train-missing-test-file",
+        ["train", "task.name=jsonl", "task.train_file=ok.jsonl", "task.val_size=5",
+         "task.test_file=no_test.jsonl"],
+        "no_test.jsonl",
+    ),
+    ("train-renamed-key", ["train", "task.eval_size=20"], "use task.val_size"),
     ("train-out-not-a-run", ["train", "--out", "not_an_experiment", *SMALL], "not a lossearch run"),
     # ---- lossearch search (into exps/, where the pre-made experiment lives)
     ("search-malformed-yaml", ["search", "--space", "bad.yaml"], "malformed YAML"),
@@ -89,7 +101,7 @@ CASES: list[tuple[str, list[str], str]] = [
     (
         "search-prompts-too-long",
         ["search", "--space", str(QUICK), "task.name=jsonl", "task.train_file=long.jsonl",
-         "task.eval_file=ok.jsonl", "task.max_length=16"],
+         "task.validation_file=ok.jsonl", "task.max_length=16"],
         "max_length",
     ),
     ("search-existing-name", ["search", "--space", str(QUICK), "--name", "existing", *SMALL],
@@ -100,6 +112,11 @@ CASES: list[tuple[str, list[str], str]] = [
     ("export-not-an-experiment", ["export", "not_an_experiment"], "not a lossearch experiment"),
     ("analyze-not-an-experiment", ["analyze", "not_an_experiment"], "not_an_experiment"),
     ("analyze-no-tune-state", ["analyze", "exps/existing"], "existing"),
+    ("confirm-not-an-experiment", ["confirm", "not_an_experiment"], "not a lossearch experiment"),
+    ("confirm-seeds-zero", ["confirm", "exps/existing", "--seeds", "0"],
+     "--seeds must be at least 1"),
+    ("confirm-top-zero", ["confirm", "exps/existing", "--top", "0"], "--top must be at least 1"),
+    ("confirm-no-finished-trial", ["confirm", "exps/existing"], "existing"),
 ]
 SEARCH_NAME = "fresh"  # search cases write (nothing) into exps/fresh
 

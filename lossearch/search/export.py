@@ -1,6 +1,9 @@
 """Export the best trial of an experiment as a training config that ``lossearch train`` re-runs.
 
-The best trial is the finished trial (not pruned, not errored) whose *final* metric (the
+When the experiment has a confirm stage with a verdict (``EXP/confirm/verdict.csv``), the
+export is the confirmed winner: the family whose configuration has the best *test* mean over
+the confirm seeds, with that configuration and the first confirm seed. Otherwise the best
+trial is the finished trial (not pruned, not errored) whose *final* metric (the
 last epoch's value, which is what a re-run reproduces), averaged over its seeds, is best.
 The exported config is complete and carries one seed: the trial's first seed; the header
 comment states that seed's own final metric, which ``lossearch train --config best.yaml``
@@ -31,9 +34,18 @@ def _flat_params(row: Any) -> dict[str, Any]:
 
 
 def best_configs(
-    exp: str, metric: str | None = None, mode: str | None = None, per_loss: bool = False
+    exp: str,
+    metric: str | None = None,
+    mode: str | None = None,
+    per_loss: bool = False,
+    top_k: int = 1,
 ) -> list[dict[str, Any]]:
-    """The best trial (or the best per loss family): dicts with config, family, trial, value."""
+    """The best trial, or with ``per_loss`` the ``top_k`` best of each loss family.
+
+    Ranked by the seed mean of the final (validation) metric over finished trials. Returns
+    dicts with ``config``, ``family``, ``trial_id``, ``rank`` (1 = the family's best),
+    ``metric``, ``trial_mean`` and ``seed_value`` (the first seed's own final value).
+    """
     from analysis import load_trials
     from lossearch.search.driver import read_search_file
     from lossearch.search.space import trial_to_config
@@ -52,18 +64,18 @@ def best_configs(
         raise LossearchError(f"no trial of {exp} finished with a value for '{metric}'")
     means = df.groupby("trial_id")[col].mean()
     ranked = means.sort_values(ascending=(mode == "min"))
-    picked: list[str] = []
-    seen: set[str] = set()
+    picked: list[tuple[str, int]] = []
+    taken: dict[str, int] = {}
     for trial_id in ranked.index:
         family = df.loc[df["trial_id"] == trial_id, "loss"].iloc[0]
-        if per_loss and family in seen:
+        if per_loss and taken.get(family, 0) >= top_k:
             continue
-        seen.add(family)
-        picked.append(trial_id)
+        taken[family] = taken.get(family, 0) + 1
+        picked.append((trial_id, taken[family]))
         if not per_loss:
             break
     out = []
-    for trial_id in picked:
+    for trial_id, rank in picked:
         rows = df[df["trial_id"] == trial_id].sort_values("seed")
         first = rows.iloc[0]
         cfg = trial_to_config(meta["base_config"], _flat_params(first))
@@ -73,6 +85,7 @@ def best_configs(
                 "config": cfg,
                 "family": first["loss"],
                 "trial_id": trial_id,
+                "rank": rank,
                 "metric": metric,
                 "trial_mean": float(means[trial_id]),
                 "seed_value": float(first[col]),
@@ -92,6 +105,38 @@ def _write(entry: dict[str, Any], path: Path) -> None:
     path.write_text(header + yaml.safe_dump(entry["config"].to_dict(), sort_keys=False))
 
 
+def confirmed_winner(exp: str, mode: str | None = None) -> dict[str, Any] | None:
+    """The confirm stage's winner of ``exp`` as an export entry, or None without a verdict."""
+    import json
+
+    import pandas as pd
+
+    from lossearch.config import validate
+    from lossearch.search.driver import join_uri, read_search_file
+
+    verdict_path = Path(join_uri(exp, "confirm", "verdict.csv"))
+    if "://" in exp or not verdict_path.is_file():
+        return None
+    mode = mode or read_search_file(exp).get("mode", "max")
+    table = pd.read_csv(verdict_path).sort_values("mean", ascending=(mode == "min"))
+    if table.empty:
+        return None
+    top = table.iloc[0]
+    run_id = f"{top['loss']}-{top['config_id']}"
+    record = json.loads(Path(join_uri(exp, "confirm", "runs", run_id, "result.json")).read_text())
+    cfg = validate(record["config"]).model_copy(update={"seed": int(record["seeds"][0])})
+    return {
+        "config": cfg,
+        "family": str(top["loss"]),
+        "trial_id": str(top["config_id"]),
+        "header": (
+            f"# lossearch export: {top['loss']} (trial {top['config_id']}), confirmed on the "
+            f"test split: mean {top['mean']:.4f} [{top['ci_low']:.4f}, {top['ci_high']:.4f}] "
+            f"over {int(top['n_seeds'])} seeds and {int(top['n_questions'])} questions\n"
+        ),
+    }
+
+
 def export_best(
     exp: str,
     *,
@@ -100,8 +145,20 @@ def export_best(
     out: str | Path = "best.yaml",
     per_loss: bool = False,
 ) -> list[Path]:
-    """Write the best config to ``out`` (or, with ``per_loss``, ``<stem>-<family>.yaml``)."""
+    """Write the best config to ``out`` (or, with ``per_loss``, ``<stem>-<family>.yaml``).
+
+    The confirmed winner when a verdict exists (and neither ``per_loss`` nor another
+    ``metric`` is asked for), else the search's best by validation.
+    """
     out = Path(out)
+    winner = None if per_loss or metric else confirmed_winner(exp, mode)
+    if winner is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(
+            winner["header"] + f"# re-run with: lossearch train --config {out.name}\n"
+            + yaml.safe_dump(winner["config"].to_dict(), sort_keys=False)
+        )
+        return [out]
     written = []
     for entry in best_configs(exp, metric, mode, per_loss):
         path = out.with_name(f"{out.stem}-{entry['family']}{out.suffix}") if per_loss else out

@@ -1,0 +1,341 @@
+"""The confirm stage: re-train each family's best configurations under fresh seeds, on test.
+
+A search selects on the validation split, so its best values are optimistic. ``confirm``
+takes, for every loss family, its ``top_k`` best *finished* trials (by the seed mean of the
+final validation metric; a pruned trial never qualifies), re-trains each from scratch at the
+search's full budget under seeds ``seed .. seed + S - 1`` (S seeds in one Ray Train run, as
+a search trial does) and scores the final model of every seed on the test split, keeping each
+question's prediction and correctness. :func:`analysis.verdict` turns those records into the
+paired comparison against CE and against the ``answer_ce`` control.
+
+Layout, under the experiment ``EXP``::
+
+    EXP/confirm/confirm.yaml                 # metric, mode, seeds, top_k, the runs planned
+    EXP/confirm/runs/<id>/                   # the run's Ray Train directory (checkpoints)
+    EXP/confirm/runs/<id>/result.json        # written when the run is complete
+    EXP/confirm/runs/<id>/test_predictions.seed<k>.jsonl
+    EXP/confirm/verdict.csv                  # written by lossearch confirm at the end
+
+``<id>`` is ``<family>-<trial_id>``. Runs go through Ray Tune (one trial per run, up to the
+search's ``max_concurrent`` at once) and the same Ray Train code as search trials. Running
+confirm again skips runs whose ``result.json`` exists and resumes the others from their
+latest checkpoint, so a killed confirm continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict
+
+from lossearch.errors import LossearchError
+from lossearch.search.driver import is_uri, join_uri, read_search_file
+
+CONFIRM_DIR = "confirm"
+PLAN_FILE = "confirm.yaml"
+RESULT_FILE = "result.json"
+
+
+class PlannedRun(BaseModel):
+    """One confirm run: a search trial's configuration, re-trained under ``seeds``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str
+    family: str
+    trial_id: str
+    rank: int
+    config: dict[str, Any]
+    seeds: list[int]
+    lr_edge: bool = False
+
+
+class ConfirmPlan(BaseModel):
+    """``confirm.yaml``: what a confirm of one experiment trains."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    metric: str
+    mode: str
+    seeds: list[int]
+    top_k: int
+    runs: list[PlannedRun]
+
+
+# --------------------------------------------------------------------------- files
+
+
+def _write_text(dir_path: str, name: str, text: str) -> None:
+    """Write ``dir_path/name`` (local directory or URI); local writes are atomic."""
+    if is_uri(dir_path):
+        import pyarrow.fs as pafs
+
+        fs, root = pafs.FileSystem.from_uri(dir_path)
+        fs.create_dir(root, recursive=True)
+        with fs.open_output_stream(f"{root.rstrip('/')}/{name}") as f:
+            f.write(text.encode())
+        return
+    folder = Path(dir_path)
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f".{name}.tmp"
+    tmp.write_text(text)
+    tmp.replace(folder / name)
+
+
+def _exists(dir_path: str, name: str) -> bool:
+    if is_uri(dir_path):
+        import pyarrow.fs as pafs
+
+        fs, root = pafs.FileSystem.from_uri(dir_path)
+        info = fs.get_file_info(f"{root.rstrip('/')}/{name}")
+        return info.type == pafs.FileType.File
+    return Path(dir_path, name).is_file()
+
+
+# --------------------------------------------------------------------------- the plan
+
+
+def lr_on_edge(meta: dict[str, Any], family: str, lr: float, margin: float = 1.15) -> bool:
+    """True when ``lr`` lies within a factor ``margin`` of an end of the searched range.
+
+    The range is the family block's ``optim.lr`` spec, else the top-level one; a fixed or
+    categorical learning rate has no edge (False).
+    """
+    space = (meta.get("space") or {}).get("space") or {}
+    family_spec = space.get("loss.family")
+    block: dict[str, Any] = {}
+    if isinstance(family_spec, dict) and isinstance(family_spec.get("choices"), dict):
+        block = family_spec["choices"].get(family) or {}
+    spec = block.get("optim.lr", space.get("optim.lr"))
+    if not isinstance(spec, dict) or "low" not in spec or "high" not in spec:
+        return False
+    low, high = float(spec["low"]), float(spec["high"])
+    return lr <= low * margin or lr >= high / margin
+
+
+def plan(
+    exp: str, *, seeds: int, top_k: int, metric: str | None = None
+) -> ConfirmPlan:
+    """The runs a confirm of ``exp`` trains: each family's ``top_k`` best finished trials.
+
+    Raises:
+        LossearchError: not an experiment, ``seeds`` or ``top_k`` below 1, no finished trial
+            with a value for ``metric``.
+    """
+    from lossearch.search.export import best_configs
+
+    if seeds < 1:
+        raise LossearchError(f"--seeds must be at least 1, got {seeds}")
+    if top_k < 1:
+        raise LossearchError(f"--top must be at least 1, got {top_k}")
+    meta = read_search_file(exp)
+    metric = metric or meta.get("metric", "exact_match")
+    mode = meta.get("mode", "max")
+    first = int(meta["base_config"].get("seed", 0))
+    seed_list = list(range(first, first + seeds))
+    runs = []
+    for entry in best_configs(exp, metric, mode, per_loss=True, top_k=top_k):
+        cfg = entry["config"].model_copy(update={"seed": seed_list[0]})
+        runs.append(
+            PlannedRun(
+                id=f"{entry['family']}-{entry['trial_id']}",
+                family=entry["family"],
+                trial_id=entry["trial_id"],
+                rank=entry["rank"],
+                config=cfg.to_dict(),
+                seeds=seed_list,
+                lr_edge=lr_on_edge(meta, entry["family"], cfg.optim.lr),
+            )
+        )
+    return ConfirmPlan(metric=metric, mode=mode, seeds=seed_list, top_k=top_k, runs=runs)
+
+
+# --------------------------------------------------------------------------- one run
+
+
+def run_confirm_trial(
+    config: dict[str, Any], *, runs: dict[str, dict[str, Any]], runs_path: str,
+    max_failures: int,
+) -> None:
+    """Tune function trainable: one confirm run, then its ``result.json`` and test records."""
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from lossearch.checkpointing import read_state
+    from lossearch.config import validate
+    from lossearch.train import build_trainer, diverged_error, record_name
+
+    run = PlannedRun.model_validate(runs[config["run"]])
+    cfg = validate(run.config)
+    t0 = time.time()
+    trainer = build_trainer(
+        cfg,
+        seeds=run.seeds,
+        storage_path=runs_path,
+        name=run.id,
+        callbacks=[TuneReportCallback()],
+        max_failures=max_failures,
+        test=True,
+    )
+    result = trainer.fit()
+    if result.error is not None:
+        raise result.error
+    reason = diverged_error(result)
+    if reason:
+        raise RuntimeError(f"confirm run {run.id} diverged: {reason}")
+    run_dir = join_uri(runs_path, run.id)
+    with result.checkpoint.as_directory() as ckpt:
+        _, history = read_state(ckpt)
+        for seed in run.seeds:
+            _write_text(run_dir, record_name(seed), Path(ckpt, record_name(seed)).read_text())
+    last = history[-1]
+    per_seed = {seed: seed_metrics(last, seed) for seed in run.seeds}
+    record = {
+        "id": run.id,
+        "family": run.family,
+        "trial_id": run.trial_id,
+        "rank": run.rank,
+        "task": cfg.task.name,
+        "model": cfg.model.name_or_path,
+        "seeds": run.seeds,
+        "epochs": int(last["epoch"]),
+        "wall_s": round(time.time() - t0, 1),
+        "config": run.config,
+        "validation": {str(seed): m[0] for seed, m in per_seed.items()},
+        "test": {str(seed): m[1] for seed, m in per_seed.items()},
+        "lr_edge": run.lr_edge,
+    }
+    _write_text(run_dir, RESULT_FILE, json.dumps(record, indent=1) + "\n")
+
+
+_NOT_EVAL = ("loss", "tokens_per_s", "epoch")
+
+
+def seed_metrics(
+    metrics: dict[str, Any], seed: int
+) -> tuple[dict[str, float], dict[str, float]]:
+    """``(validation, test)`` evaluation metrics of one seed from a run's last report.
+
+    A report holds ``seed<k>/<metric>`` (validation) and ``seed<k>/test/<metric>`` for every
+    seed; training statistics (``loss*``, ``tokens_per_s``) are left out.
+    """
+    prefix = f"seed{seed}/"
+    validation, test = {}, {}
+    for key, value in metrics.items():
+        if not key.startswith(prefix) or not isinstance(value, (int, float)):
+            continue
+        name = key[len(prefix) :]
+        if name.startswith("test/"):
+            test[name[len("test/") :]] = float(value)
+        elif not name.startswith(_NOT_EVAL):
+            validation[name] = float(value)
+    return validation, test
+
+
+# --------------------------------------------------------------------------- the stage
+
+
+def confirm_path(exp: str) -> str:
+    return join_uri(exp, CONFIRM_DIR)
+
+
+def confirm(
+    exp: str,
+    *,
+    seeds: int = 3,
+    top_k: int = 1,
+    metric: str | None = None,
+    address: str | None = None,
+    max_concurrent: int | None = None,
+    max_failures: int = 0,
+    verbose: int = 1,
+    announce: Callable[[str], None] | None = None,
+) -> ConfirmPlan:
+    """Run (or continue) the confirm stage of ``exp``; returns its plan (``confirm.yaml``).
+
+    A plan already on disk is kept when it asks for the same seeds, ``top_k`` and metric;
+    asking for others is an error (use another experiment copy) rather than a silent mix.
+    """
+    from lossearch.preflight import preflight
+    from lossearch.search.driver import _local_ray
+    from lossearch.train import check_ray_address
+
+    if not is_uri(exp):
+        exp = str(Path(exp).resolve())
+    new = plan(exp, seeds=seeds, top_k=top_k, metric=metric)
+    root = confirm_path(exp)
+    if _exists(root, PLAN_FILE):
+        old = ConfirmPlan.model_validate(yaml.safe_load(_read_text(root, PLAN_FILE)))
+        if (old.seeds, old.top_k, old.metric) != (new.seeds, new.top_k, new.metric):
+            raise LossearchError(
+                f"{root} already holds a confirm with seeds {old.seeds}, top {old.top_k}, "
+                f"metric {old.metric}; this one asks for seeds {new.seeds}, top {new.top_k}, "
+                f"metric {new.metric}"
+            )
+        new = old
+    from lossearch.config import validate
+
+    preflight(validate(new.runs[0].config), test=True)  # the test split exists, before Ray
+    check_ray_address(address)
+    _write_text(root, PLAN_FILE, yaml.safe_dump(new.model_dump(), sort_keys=False))
+    runs_path = join_uri(root, "runs")
+    todo = [r for r in new.runs if not _exists(join_uri(runs_path, r.id), RESULT_FILE)]
+    if announce:
+        done = len(new.runs) - len(todo)
+        announce(
+            f"confirm: {len(new.runs)} runs ({len(new.runs) // max(new.top_k, 1)} families x "
+            f"top {new.top_k}) x seeds {new.seeds} on the test split"
+            + (f"; {done} already done" if done else "")
+        )
+    if todo:
+        meta = read_search_file(exp)
+        _local_ray(address)
+        _tune_runs(todo, runs_path, root, max_concurrent or int(meta.get("max_concurrent", 2)),
+                   max_failures, verbose)
+    missing = [r.id for r in new.runs if not _exists(join_uri(runs_path, r.id), RESULT_FILE)]
+    if missing:
+        raise LossearchError(
+            f"confirm runs did not finish: {', '.join(missing)} (re-run lossearch confirm to "
+            "continue)"
+        )
+    return new
+
+
+def _read_text(dir_path: str, name: str) -> str:
+    if is_uri(dir_path):
+        import pyarrow.fs as pafs
+
+        fs, root = pafs.FileSystem.from_uri(dir_path)
+        with fs.open_input_stream(f"{root.rstrip('/')}/{name}") as f:
+            return f.read().decode()
+    return Path(dir_path, name).read_text()
+
+
+def _tune_runs(
+    todo: list[PlannedRun], runs_path: str, root: str, max_concurrent: int,
+    max_failures: int, verbose: int,
+) -> None:
+    from ray import tune
+
+    fn = tune.with_parameters(
+        run_confirm_trial,
+        runs={r.id: r.model_dump() for r in todo},
+        runs_path=runs_path,
+        max_failures=max_failures,
+    )
+    tuner = tune.Tuner(
+        tune.with_resources(fn, {"CPU": 0.01}),
+        param_space={"run": tune.grid_search([r.id for r in todo])},
+        tune_config=tune.TuneConfig(max_concurrent_trials=max(1, max_concurrent)),
+        run_config=tune.RunConfig(
+            name=f"tune-{time.strftime('%Y%m%d-%H%M%S')}",
+            storage_path=root,
+            failure_config=tune.FailureConfig(max_failures=0),
+            verbose=verbose,
+        ),
+    )
+    tuner.fit()

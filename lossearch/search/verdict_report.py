@@ -1,0 +1,66 @@
+"""What ``lossearch confirm`` prints and writes at the end: the test-split verdict table."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from lossearch.search.driver import join_uri
+
+VERDICT_FILE = "verdict.csv"
+
+
+def _fmt(value: Any, digits: int = 3) -> str:
+    return f"{value:.{digits}f}" if isinstance(value, float) and math.isfinite(value) else "-"
+
+
+def finish_confirm(exp: str, metric: str) -> Any:
+    """Compute the verdict of ``exp``'s confirm, write ``EXP/confirm/verdict.csv``, print it.
+
+    Returns the verdict frame (see :func:`analysis.verdict`).
+    """
+    from rich.console import Console
+    from rich.table import Table
+
+    from analysis import format_delta, load_confirmed, verdict
+
+    table = verdict(load_confirmed([exp]), metric)
+    path = join_uri(exp, "confirm", VERDICT_FILE)
+    with _open_output(path) as fh:
+        fh.write(table.to_csv(index=False).encode())
+    console = Console()
+    for (task, model), group in table.groupby(["task", "model"], sort=False):
+        n_seeds = int(group["n_seeds"].max())
+        n_questions = int(group["n_questions"].max())
+        out = Table(
+            title=f"{task} / {model}: {metric} on the test split "
+            f"({n_questions} questions, {n_seeds} seeds, 95% intervals)"
+        )
+        for col in ("rank", "loss", "mean [95% CI]", "vs ce", "p (Holm)", "vs answer_ce"):
+            out.add_column(col, justify="left" if col == "loss" else "right")
+        for _, row in group.iterrows():
+            out.add_row(
+                str(int(row["rank"])),
+                str(row["loss"]) + (" (lr at edge)" if bool(row["lr_edge"]) else ""),
+                f"{_fmt(row['mean'])} [{_fmt(row['ci_low'])}, {_fmt(row['ci_high'])}]",
+                format_delta(row),
+                _fmt(row["p_holm"]),
+                format_delta(row, against="control"),
+            )
+        console.print(out)
+    if table["lr_edge"].astype(bool).any():
+        console.print(
+            "note: a family marked 'lr at edge' had its best learning rate at an end of the "
+            "searched range; widen the range before trusting its number"
+        )
+    console.print(f"verdict: {path}", soft_wrap=True)
+    return table
+
+
+def _open_output(path: str) -> Any:
+    if "://" in path:
+        import pyarrow.fs as pafs
+
+        fs, root = pafs.FileSystem.from_uri(path)
+        return fs.open_output_stream(root)
+    return open(path, "wb")  # noqa: SIM115 - returned to a with-block

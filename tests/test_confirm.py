@@ -1,0 +1,123 @@
+"""The confirm stage on real Ray: the search never reads test, confirm does; a killed confirm
+resumes; export takes the confirmed winner.
+
+The task is a jsonl whose every training target is ``ok`` (the tiny model learns it within
+one short epoch) and whose test references are a string the model is never trained to say:
+validation exact match is above zero, test exact match is exactly zero.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from tests import procs
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def _space(root: Path) -> dict:
+    return {
+        "base": {
+            "task": {"name": "jsonl", "train_file": str(root / "train.jsonl"),
+                     "test_file": str(root / "test.jsonl"), "val_size": 20, "max_length": 32},
+            "model": {"name_or_path": "tiny"},
+            "optim": {"epochs": 1, "lr": 1e-2, "warmup_steps": 0, "batch_size": 16},
+            "eval": {"max_new_tokens": 4},
+            "scaling": {"cpus_per_worker": 1},
+        },
+        "search": {"sampler": "grid", "scheduler": "fifo", "metric": "exact_match",
+                   "mode": "max"},
+        "grid": [
+            {"loss.family": "ce"},
+            {"loss.family": "focal", "loss.ce.weight": 0.5, "loss.focal.gamma": 2.0},
+        ],
+    }
+
+
+@pytest.fixture(scope="module")
+def searched(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2-trial search run while the test file does not even exist."""
+    root = tmp_path_factory.mktemp("confirm")
+    _write_jsonl(root / "train.jsonl",
+                 [{"prompt": f"item {i}: ", "target": "ok"} for i in range(660)])
+    (root / "space.yaml").write_text(yaml.safe_dump(_space(root)))
+    done = procs.run_cli(["search", "--space", "space.yaml", "--storage", "exps",
+                          "--name", "s"], cwd=root, timeout=400)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert not (root / "test.jsonl").exists()
+    _write_jsonl(root / "test.jsonl",
+                 [{"prompt": f"item {i}: ", "target": "never said"} for i in range(700, 730)])
+    return root
+
+
+def test_search_never_reads_test_and_confirm_scores_it(searched: Path) -> None:
+    from analysis import load_confirmed, load_trials
+
+    exp = searched / "exps" / "s"
+    trials = load_trials([exp])
+    assert (trials["status"] == "finished").all()
+    assert trials["final.exact_match"].max() > 0  # validation: learnable
+    assert not any(c.startswith(("final.test/", "best.test/")) for c in trials.columns)
+
+    done = procs.run_cli(["confirm", str(exp), "--seeds", "2", "--max-concurrent", "1"],
+                         cwd=searched, timeout=400)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "on the test split" in done.stdout
+    plan = yaml.safe_load((exp / "confirm" / "confirm.yaml").read_text())
+    assert {r["family"] for r in plan["runs"]} == {"ce", "focal"}
+    assert plan["seeds"] == [0, 1]
+
+    rows = load_confirmed([exp])
+    assert len(rows) == 4  # 2 families x 2 seeds
+    assert (rows["test.exact_match"] == 0).all()  # the references are never produced
+    for path in rows["predictions"]:
+        records = [json.loads(line) for line in Path(path).read_text().splitlines()]
+        assert len(records) == 30 and {r["reference"] for r in records} == {"never said"}
+    table = pd.read_csv(exp / "confirm" / "verdict.csv")
+    assert set(table["loss"]) == {"ce", "focal"}
+    assert (table["split"] == "test").all() and (table["n_seeds"] == 2).all()
+    assert (table["n_questions"] == 30).all() and (table["mean"] == 0).all()
+
+    # export now writes the confirmed winner, saying so
+    out = searched / "winner.yaml"
+    done = procs.run_cli(["export", str(exp), "--out", str(out)], cwd=searched, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "confirmed on the test split" in out.read_text().splitlines()[0]
+
+
+def test_killed_confirm_resumes_with_every_run_once(searched: Path) -> None:
+    exp = searched / "exps" / "s"
+    args = ["confirm", str(exp), "--seeds", "1", "--max-concurrent", "1"]
+    # a separate experiment copy: confirm.yaml of the other test asks for 2 seeds
+    copy = searched / "exps" / "k"
+    shutil.copytree(exp, copy, ignore=shutil.ignore_patterns("confirm"))
+    args[1] = str(copy)
+    proc = procs.start([procs.BIN / "lossearch", *args], log=searched / "kill.log",
+                       cwd=searched, env=procs.lossearch_env())
+    runs = copy / "confirm" / "runs"
+    try:
+        first = procs.wait_until(
+            lambda: next(iter(runs.glob("*/result.json")), None) if runs.exists() else None,
+            timeout=300,
+            what="the first confirm run to finish",
+        )
+        mtime = first.stat().st_mtime_ns
+        procs.kill_driver(proc)  # SIGKILL to the driver and everything Ray started
+    finally:
+        procs.stop(proc)
+    assert len(list(runs.glob("*/result.json"))) == 1
+    done = procs.run_cli(args, cwd=searched, timeout=400)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "1 already done" in done.stdout
+    assert first.stat().st_mtime_ns == mtime  # the finished run was not trained again
+    results = sorted(p.parent.name for p in runs.glob("*/result.json"))
+    assert len(results) == 2 and {r.split("-")[0] for r in results} == {"ce", "focal"}
