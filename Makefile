@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/lossearch search --space search_spaces/quick.yaml --max-concurrent 2
+	$(BIN)/lossearch search --space search_spaces/quick.yaml --max-concurrent 2 --confirm-seeds 3
 
 test: $(STAMP)
 	$(BIN)/ruff check lossearch analysis tests benchmarks

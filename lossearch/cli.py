@@ -86,11 +86,24 @@ def search(
     storage: str = typer.Option(None, "--storage", help="Directory or URI (s3://...)."),
     name: str = typer.Option(None, "--name", help="Experiment name."),
     max_failures: int = typer.Option(0, "--max-failures", help="Worker-failure retries."),
+    per_family: int = typer.Option(
+        None, "--per-family", help="Trials per loss family (equal budgets; total = N x families)."
+    ),
+    confirm_seeds: int = typer.Option(
+        None, "--confirm-seeds",
+        help="Then confirm: re-train each family's best under S seeds, score on test.",
+    ),
     overrides: list[str] = typer.Argument(None, help="key=value overrides of the base config."),
 ) -> None:
-    """Search loss family, its parameters and learning rate with Ray Tune + Optuna."""
+    """Search loss family, its parameters and learning rate with Ray Tune + Optuna.
+
+    Trials see only the validation split; --confirm-seeds S then runs `lossearch confirm`.
+    """
     from lossearch.search.driver import run_search
     from lossearch.search.report import finish_search
+
+    if confirm_seeds is not None and confirm_seeds < 1:
+        raise LossearchError(f"--confirm-seeds must be at least 1, got {confirm_seeds}")
 
     exp = run_search(
         space,
@@ -106,8 +119,21 @@ def search(
         max_failures=max_failures,
         overrides=overrides or [],
         announce=typer.echo,
+        per_family=per_family,
+        require_test=confirm_seeds is not None,
     )
     finish_search(exp)
+    if confirm_seeds is not None:
+        _confirm(exp, seeds=confirm_seeds, top_k=1, metric=metric, address=address,
+                 max_concurrent=max_concurrent)
+
+
+def _confirm(exp: str, **kwargs: object) -> None:
+    from lossearch.search.confirm import confirm as run_confirm
+    from lossearch.search.verdict_report import finish_confirm
+
+    done = run_confirm(exp, announce=typer.echo, **kwargs)  # type: ignore[arg-type]
+    finish_confirm(exp, done.metric)
 
 
 @app.command()
@@ -126,14 +152,8 @@ def confirm(
     Writes EXP/confirm/ (runs, per-question test records, verdict.csv). Running it again
     skips finished runs and resumes the others.
     """
-    from lossearch.search.confirm import confirm as run_confirm
-    from lossearch.search.verdict_report import finish_confirm
-
-    done = run_confirm(
-        experiment, seeds=seeds, top_k=top, metric=metric, address=address,
-        max_concurrent=max_concurrent, announce=typer.echo,
-    )
-    finish_confirm(experiment, done.metric)
+    _confirm(experiment, seeds=seeds, top_k=top, metric=metric, address=address,
+             max_concurrent=max_concurrent)
 
 
 @app.command()

@@ -104,6 +104,12 @@ CASES: list[tuple[str, list[str], str]] = [
          "task.validation_file=ok.jsonl", "task.max_length=16"],
         "max_length",
     ),
+    ("search-confirm-seeds-zero", ["search", "--space", str(QUICK), "--confirm-seeds", "0"],
+     "--confirm-seeds must be at least 1"),
+    ("search-confirm-without-test-file",
+     ["search", "--space", str(QUICK), "--confirm-seeds", "2", "task.name=jsonl",
+      "task.train_file=ok.jsonl", "task.val_size=5", "task.test_file=no_test.jsonl"],
+     "no_test.jsonl"),
     ("search-existing-name", ["search", "--space", str(QUICK), "--name", "existing", *SMALL],
      "already exists"),
     # ---- resume / export / analyze on paths that are not (complete) experiments

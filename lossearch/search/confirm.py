@@ -101,20 +101,13 @@ def _exists(dir_path: str, name: str) -> bool:
 
 
 def lr_on_edge(meta: dict[str, Any], family: str, lr: float, margin: float = 1.15) -> bool:
-    """True when ``lr`` lies within a factor ``margin`` of an end of the searched range.
-
-    The range is the family block's ``optim.lr`` spec, else the top-level one; a fixed or
-    categorical learning rate has no edge (False).
+    """True when ``lr`` lies within a factor ``margin`` of an end of ``family``'s searched
+    learning-rate range (the search metadata's ``lr_range``); False where lr was not searched.
     """
-    space = (meta.get("space") or {}).get("space") or {}
-    family_spec = space.get("loss.family")
-    block: dict[str, Any] = {}
-    if isinstance(family_spec, dict) and isinstance(family_spec.get("choices"), dict):
-        block = family_spec["choices"].get(family) or {}
-    spec = block.get("optim.lr", space.get("optim.lr"))
-    if not isinstance(spec, dict) or "low" not in spec or "high" not in spec:
+    bounds = (meta.get("lr_range") or {}).get(family)
+    if not bounds:
         return False
-    low, high = float(spec["low"]), float(spec["high"])
+    low, high = float(bounds[0]), float(bounds[1])
     return lr <= low * margin or lr >= high / margin
 
 

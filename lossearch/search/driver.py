@@ -245,6 +245,7 @@ def run_search(
     verbose: int = 1,
     announce: Callable[[str], None] | None = None,
     per_family: int | None = None,
+    require_test: bool = False,
 ) -> str:
     """Run a search; returns the experiment path (local directory or URI).
 
@@ -253,8 +254,9 @@ def run_search(
     space, and ``announce`` says so). The search optimises ``metric`` (default: the space's,
     else ``exact_match``) averaged over ``seeds`` seeds per trial. ``per_family=N`` runs
     exactly N trials of every loss family (``num_samples`` must then be None or N x
-    families). Arguments left as None take the space file's ``search:`` settings; a count
-    below its minimum is a ``LossearchError``, raised before Ray starts.
+    families). ``require_test`` (a confirm follows) also checks before Ray starts that the
+    test split loads. Arguments left as None take the space file's ``search:`` settings; a
+    count below its minimum is a ``LossearchError``, raised before Ray starts.
     """
     from lossearch.config import validate
     from lossearch.search.space import load_space
@@ -325,7 +327,9 @@ def run_search(
     _scheduler(scheduler, meta)  # validate before anything is written
     from lossearch.preflight import preflight
 
-    preflight(base_cfg)  # data, model path, lengths: checked here, before Ray starts
+    # data, model path, lengths (and, when a confirm follows, the test split): checked here,
+    # before Ray starts; the trials themselves never load the test split
+    preflight(base_cfg, test=require_test)
     from lossearch.train import check_ray_address
 
     check_ray_address(address)  # before the experiment directory is written
