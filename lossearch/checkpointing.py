@@ -5,7 +5,7 @@ Layout of one checkpoint directory (a Ray Train ``Checkpoint``)::
     state.json            {"epoch": E, "seeds": [...]}
     history.jsonl         one JSON object per finished epoch (the reported metrics)
     seed<k>/model/        adapter (LoRA) or full weights + tokenizer, see models.save_model
-    seed<k>/trainer.pt    optimizer and LR-scheduler state
+    seed<k>/trainer.pt    optimizer and LR-scheduler state (and the fp16 GradScaler's, if any)
 
 ``epoch`` counts finished epochs, so training resumes at ``epoch + 1``.
 """
@@ -33,10 +33,11 @@ def write_checkpoint(
         sub = root / f"seed{rep.seed}"
         sub.mkdir(parents=True, exist_ok=True)
         save_model(unwrap(rep.model), rep.tokenizer, sub / "model")
-        torch.save(
-            {"optimizer": rep.optimizer.state_dict(), "scheduler": rep.scheduler.state_dict()},
-            sub / "trainer.pt",
-        )
+        state = {"optimizer": rep.optimizer.state_dict(), "scheduler": rep.scheduler.state_dict()}
+        scaler = getattr(rep, "scaler", None)
+        if scaler is not None:
+            state["scaler"] = scaler.state_dict()
+        torch.save(state, sub / "trainer.pt")
     (root / "history.jsonl").write_text("".join(json.dumps(h) + "\n" for h in history))
     state = {"epoch": epoch, "seeds": [r.seed for r in replicas]}
     (root / "state.json").write_text(json.dumps(state))
@@ -51,7 +52,10 @@ def read_state(directory: str | Path) -> tuple[dict[str, Any], list[dict[str, An
 
 
 def restore_replica(directory: str | Path, rep: Any) -> None:
-    """Load weights and optimizer/scheduler state of ``rep.seed`` from a checkpoint in place."""
+    """Load weights and optimizer/scheduler state of ``rep.seed`` from a checkpoint in place.
+
+    The GradScaler state is restored when both the checkpoint and ``rep`` have one.
+    """
     from lossearch.models import load_weights, unwrap
 
     sub = Path(directory) / f"seed{rep.seed}"
@@ -59,3 +63,6 @@ def restore_replica(directory: str | Path, rep: Any) -> None:
     state = torch.load(sub / "trainer.pt", map_location="cpu", weights_only=False)
     rep.optimizer.load_state_dict(state["optimizer"])
     rep.scheduler.load_state_dict(state["scheduler"])
+    scaler = getattr(rep, "scaler", None)
+    if scaler is not None and "scaler" in state:
+        scaler.load_state_dict(state["scaler"])

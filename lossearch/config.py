@@ -98,6 +98,15 @@ class ModelConfig(_Section):
 
 
 class OptimConfig(_Section):
+    """Optimizer, schedule, batching and numeric precision of the training steps.
+
+    ``grad_accum`` micro-batches of ``batch_size`` (per worker) make one optimizer step; an
+    epoch trains whole accumulation groups only. ``mixed_precision``: ``auto`` (the default)
+    is bf16 autocast on CUDA and full precision on CPU; ``no`` never autocasts; ``bf16``
+    autocasts to bfloat16; ``fp16`` autocasts to float16 and scales the loss with
+    ``torch.amp.GradScaler`` (both also run on CPU). The weights stay in ``model.dtype``.
+    """
+
     lr: float = Field(default=3e-3, gt=0)
     epochs: int = Field(default=3, ge=1)
     max_steps: int | None = Field(default=None, ge=1)
@@ -107,6 +116,7 @@ class OptimConfig(_Section):
     weight_decay: float = Field(default=0.0, ge=0)
     scheduler: Literal["cosine", "linear", "constant"] = "cosine"
     max_grad_norm: float | None = Field(default=1.0, gt=0)
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
 
 
 class EvalConfig(_Section):

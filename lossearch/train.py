@@ -77,6 +77,7 @@ class Replica:
     optimizer: torch.optim.Optimizer
     scheduler: Any
     history: list[dict[str, Any]] = field(default_factory=list)
+    scaler: torch.amp.GradScaler | None = None  # fp16 loss scaling, see make_scaler
 
 
 def plan_steps(n_train: int, cfg: TrainConfig, world: int = 1) -> tuple[int, int, int]:
@@ -84,6 +85,8 @@ def plan_steps(n_train: int, cfg: TrainConfig, world: int = 1) -> tuple[int, int
 
     A step consumes ``batch_size * world * grad_accum`` examples; ``optim.max_steps`` caps
     the total, which can end training inside an epoch (``epochs`` rounds up).
+    ``steps_per_epoch`` is exactly what :func:`train_epoch` steps: the whole accumulation
+    groups among the epoch's micro-batches (:func:`accumulation_groups`).
     """
     steps_per_epoch = n_train // (cfg.optim.batch_size * world) // cfg.optim.grad_accum
     if steps_per_epoch < 1:
@@ -120,10 +123,84 @@ def build_replica(cfg: TrainConfig, seed: int, total_steps: int) -> Replica:
     model, tokenizer = load_model_and_tokenizer(cfg.model, seed=seed)
     model = ray.train.torch.prepare_model(model)
     optimizer, scheduler = build_optimizer(cfg, model, total_steps)
-    return Replica(seed, model, tokenizer, optimizer, scheduler)
+    scaler = make_scaler(cfg, ray.train.torch.get_device())
+    return Replica(seed, model, tokenizer, optimizer, scheduler, scaler=scaler)
+
+
+# --------------------------------------------------------------------------- precision
+
+
+def autocast_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
+    """The dtype ``optim.mixed_precision`` autocasts to on ``device`` (None: no autocast).
+
+    ``auto`` is bfloat16 on CUDA and no autocast elsewhere; ``bf16``/``fp16`` apply on any
+    device (torch autocasts on CPU too).
+    """
+    mode = cfg.optim.mixed_precision
+    if mode == "auto":
+        return torch.bfloat16 if device.type == "cuda" else None
+    return {"no": None, "bf16": torch.bfloat16, "fp16": torch.float16}[mode]
+
+
+def autocast_context(cfg: TrainConfig, device: torch.device) -> Any:
+    """``torch.autocast`` for :func:`autocast_dtype`, or a no-op context without one."""
+    dtype = autocast_dtype(cfg, device)
+    return nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
+
+
+def make_scaler(cfg: TrainConfig, device: torch.device) -> torch.amp.GradScaler | None:
+    """A ``GradScaler`` for fp16 autocast (float16 gradients underflow without one), else None."""
+    if autocast_dtype(cfg, device) != torch.float16:
+        return None
+    return torch.amp.GradScaler(device.type)
 
 
 # --------------------------------------------------------------------------- steps
+
+
+def accumulation_groups(
+    batches: list[list[int]], accum: int, step_cap: int
+) -> list[list[list[int]]]:
+    """The epoch's micro-batches cut into optimizer steps of ``accum`` micro-batches each.
+
+    Only whole groups are kept, at most ``step_cap`` of them: leftover micro-batches at the
+    end of an epoch (fewer than ``accum``) are not trained, as the last partial global
+    batch is not (:func:`epoch_batches`). Every backward pass is thus followed by a step in
+    the same epoch, and the step count is :func:`plan_steps`'s ``steps_per_epoch``.
+    """
+    n_groups = min(len(batches) // accum, max(step_cap, 0))
+    return [batches[g * accum : (g + 1) * accum] for g in range(n_groups)]
+
+
+def grad_sync(model: Any, sync: bool) -> Any:
+    """Context for one micro-batch's forward and backward: DDP's ``no_sync()`` unless ``sync``.
+
+    Under ``DistributedDataParallel`` only the last micro-batch of an accumulation group
+    all-reduces (the gradients summed locally before it are reduced with it); a model that
+    is not DDP-wrapped gets a no-op context.
+    """
+    if not sync and isinstance(model, torch.nn.parallel.DistributedDataParallel):
+        return model.no_sync()
+    return nullcontext()
+
+
+def optimizer_step(rep: Replica, cfg: TrainConfig) -> None:
+    """Clip, step the optimizer (through the fp16 scaler if any) and the schedule, zero grads.
+
+    With a scaler the gradients are unscaled before clipping, and a step whose gradients
+    are not finite is skipped by the scaler (its scale is lowered instead).
+    """
+    if rep.scaler is not None:
+        rep.scaler.unscale_(rep.optimizer)
+    if cfg.optim.max_grad_norm is not None:
+        torch.nn.utils.clip_grad_norm_(rep.model.parameters(), cfg.optim.max_grad_norm)
+    if rep.scaler is not None:
+        rep.scaler.step(rep.optimizer)
+        rep.scaler.update()
+    else:
+        rep.optimizer.step()
+    rep.scheduler.step()
+    rep.optimizer.zero_grad(set_to_none=True)
 
 
 def train_epoch(
@@ -139,45 +216,48 @@ def train_epoch(
 ) -> dict[str, float]:
     """One pass over this worker's shard; returns mean loss, components and tokens/s.
 
-    Raises :class:`NonFiniteLoss` at the first step whose loss is NaN or infinite.
+    Trains :func:`accumulation_groups` (at most ``step_cap`` optimizer steps, each of
+    ``optim.grad_accum`` micro-batches, the loss divided by ``grad_accum``), under
+    :func:`autocast_context`; under DDP only a group's last micro-batch all-reduces
+    (:func:`grad_sync`). Gradients are zero when it returns. The means are over the
+    micro-batches trained. Raises :class:`NonFiniteLoss` at the first micro-batch whose
+    loss is NaN or infinite.
     """
     from lossearch.tasks import collate
 
     rep.model.train()
+    rep.optimizer.zero_grad(set_to_none=True)
     pad_id = rep.tokenizer.pad_token_id
     accum = cfg.optim.grad_accum
-    autocast = (
-        torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
-    )
     batches = epoch_batches(len(features), cfg.optim.batch_size, rep.seed, epoch, rank, world)
-    batches = batches[: step_cap * accum]
     totals: dict[str, float] = {}
-    n_tokens, n_steps, t0 = 0, 0, time.perf_counter()
-    for i, idx in enumerate(batches):
-        batch = {k: v.to(device) for k, v in collate([features[j] for j in idx], pad_id).items()}
-        with autocast:
-            logits = rep.model(
-                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
-            ).logits
-        out = loss_fn(logits, batch["labels"], batch["answer_mask"])
-        if not torch.isfinite(out.total):
-            raise NonFiniteLoss(
-                f"loss became {out.total.item()} at epoch {epoch}, step {i + 1} (seed {rep.seed})"
-            )
-        (out.total / accum).backward()
-        if (i + 1) % accum == 0:
-            if cfg.optim.max_grad_norm is not None:
-                torch.nn.utils.clip_grad_norm_(rep.model.parameters(), cfg.optim.max_grad_norm)
-            rep.optimizer.step()
-            rep.scheduler.step()
-            rep.optimizer.zero_grad(set_to_none=True)
-        n_tokens += int(batch["attention_mask"].sum())
-        n_steps += 1
-        totals["loss"] = totals.get("loss", 0.0) + float(out.total.detach())
-        for name, value in out.components.items():
-            totals[f"loss.{name}"] = totals.get(f"loss.{name}", 0.0) + float(value.detach())
+    n_tokens, n_micro, t0 = 0, 0, time.perf_counter()
+    for group in accumulation_groups(batches, accum, step_cap):
+        for j, idx in enumerate(group):
+            batch = {
+                k: v.to(device) for k, v in collate([features[i] for i in idx], pad_id).items()
+            }
+            with grad_sync(rep.model, sync=j == len(group) - 1):
+                with autocast_context(cfg, device):
+                    logits = rep.model(
+                        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+                    ).logits
+                out = loss_fn(logits, batch["labels"], batch["answer_mask"])
+                if not torch.isfinite(out.total):
+                    raise NonFiniteLoss(
+                        f"loss became {out.total.item()} at epoch {epoch}, "
+                        f"step {n_micro + 1} (seed {rep.seed})"
+                    )
+                scaled = out.total / accum
+                (rep.scaler.scale(scaled) if rep.scaler is not None else scaled).backward()
+            n_tokens += int(batch["attention_mask"].sum())
+            n_micro += 1
+            totals["loss"] = totals.get("loss", 0.0) + float(out.total.detach())
+            for name, value in out.components.items():
+                totals[f"loss.{name}"] = totals.get(f"loss.{name}", 0.0) + float(value.detach())
+        optimizer_step(rep, cfg)
     elapsed = max(time.perf_counter() - t0, 1e-9)
-    stats = {k: v / max(n_steps, 1) for k, v in totals.items()}
+    stats = {k: v / max(n_micro, 1) for k, v in totals.items()}
     stats["tokens_per_s"] = n_tokens * world / elapsed
     return stats
 

@@ -113,16 +113,21 @@ def _fixed_length_jsonl(path, n: int) -> None:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
-def test_two_workers_match_one_worker_first_step_gradient(ray_local, tmp_path):
+@pytest.mark.parametrize("accum", [1, 2], ids=["no-accum", "accum2"])
+def test_two_workers_match_one_worker_first_step_gradient(ray_local, tmp_path, accum):
+    """Same global batch per optimizer step; with ``grad_accum`` 2 the DDP run all-reduces
+    only each group's last micro-batch (no_sync; counted in test_train_steps.py)."""
     data = tmp_path / "sums.jsonl"
     _fixed_length_jsonl(data, 32)
     base = {
         "task.name": "jsonl", "task.train_file": str(data), "task.test_file": str(data),
         "task.val_size": 4, "optim.max_steps": 1, "optim.warmup_steps": 0,
-        "optim.max_grad_norm": None, "eval.max_new_tokens": 4,
+        "optim.max_grad_norm": None, "eval.max_new_tokens": 4, "optim.grad_accum": accum,
     }
-    single = load_config(overrides={**base, "optim.batch_size": 8})
-    double = load_config(overrides={**base, "optim.batch_size": 4, "scaling.num_workers": 2})
+    single = load_config(overrides={**base, "optim.batch_size": 8 // accum})
+    double = load_config(
+        overrides={**base, "optim.batch_size": 4 // accum, "scaling.num_workers": 2}
+    )
     train(single, out_dir=tmp_path / "one")
     train(double, out_dir=tmp_path / "two")
 
