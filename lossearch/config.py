@@ -55,10 +55,12 @@ class TaskConfig(_Section):
     validation_file: str | None = None
     test_file: str | None = None
     train_size: int | None = Field(default=None, ge=1)
-    val_size: int = Field(default=200, ge=1)
+    # an int >= 1 is a count; a float in (0, 1) a fraction of train (carved; see tasks.base.carve)
+    val_size: int | float = Field(default=200, gt=0)
     test_size: int | None = Field(default=None, ge=1)
     max_length: int = Field(default=128, ge=8)
-    target_format: Literal["formulas", "full"] = "formulas"
+    # gsm8k: formulas (ours) | formulas_paper (the paper's exact string) | full
+    target_format: Literal["formulas", "formulas_paper", "full"] = "formulas"
     # arith: synthetic problems (see lossearch/tasks/arith.py); data_seed seeds the problems,
     # independently of the training seed
     arith_steps: int = Field(default=1, ge=1, le=8)
@@ -80,12 +82,39 @@ class TaskConfig(_Section):
                     raise ValueError(f"'task.{old}' was renamed: use {new}")
         return data
 
+    @field_validator("val_size", mode="before")
+    @classmethod
+    def _val_size(cls, value: Any) -> Any:
+        # a whole number is a count (1, 200, 200.0); anything else must be a fraction in (0, 1)
+        if isinstance(value, bool):
+            raise ValueError(f"must be a count >= 1 or a fraction of train in (0, 1), got {value}")
+        if not isinstance(value, (int, float)):
+            return value  # pydantic reports the type
+        if value == int(value) and value >= 1:
+            return int(value)
+        if not 0 < value < 1:
+            raise ValueError(
+                f"must be a count >= 1 or a fraction of train in (0, 1), got {value!r}"
+            )
+        return float(value)
+
+    @model_validator(mode="after")
+    def _fraction_needs_train(self) -> TaskConfig:
+        if isinstance(self.val_size, float) and self.name == "arith":
+            raise ValueError(
+                "task.val_size: arith generates its validation problems, so it takes a count, "
+                f"not a fraction ({self.val_size})"
+            )
+        return self
+
 
 class LoraConfig(_Section):
     r: int = Field(default=8, ge=1)
     alpha: float = Field(default=16, gt=0)
     dropout: float = Field(default=0.05, ge=0, lt=1)
-    target_modules: Literal["auto"] | list[str] = "auto"
+    # auto: the attention projections of the model's family; paper: the paper's targets for
+    # its model families (lossearch.models.PAPER_LORA_TARGETS); or an explicit list of names
+    target_modules: Literal["auto", "paper"] | list[str] = "auto"
 
 
 class ModelConfig(_Section):

@@ -12,7 +12,8 @@ into ``(model, tokenizer)``.
 anything else
     A local directory or a Hugging Face hub id, loaded with ``AutoModelForCausalLM`` /
     ``AutoTokenizer`` (the same code for both). Optional LoRA through ``peft``; target modules
-    come from :func:`lora_target_modules` (``"auto"``) or the config's explicit list.
+    come from :func:`lora_target_modules` (``"auto"``), :func:`paper_lora_target_modules`
+    (``"paper"``) or the config's explicit list.
 
 Tokenizer contract (every tokenizer returned here):
     ``pad_token`` is set (``eos`` when the model ships none); ``padding_side`` is ``"right"``,
@@ -85,6 +86,20 @@ LORA_TARGETS: dict[str, list[str]] = {
     "gpt2": ["c_attn"],  # transformers Conv1D: weights stored (in, out)
 }
 """Default LoRA targets for ``target_modules: auto``: the attention projections."""
+
+_LLAMA_ALL = [*_ATTN_PROJ, "gate_proj", "up_proj", "down_proj", "lm_head"]
+PAPER_LORA_TARGETS: dict[str, list[str]] = {
+    "llama": _LLAMA_ALL,  # Llama-2-7B
+    "stablelm": _LLAMA_ALL,  # StableLM-3B-4e1t
+    "falcon": ["query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"],  # Falcon-7B
+    "gpt_neox": ["query_key_value"],  # RedPajama-INCITE-3B/7B: the paper's default list
+}
+"""LoRA targets of the paper's code for its model families (``target_modules: paper``).
+
+Its ``improved_loss.py`` picks them by model name: every linear layer plus ``lm_head`` for
+Llama and StableLM, all four linear layers of a Falcon block, and ``query_key_value`` for
+anything else (its RedPajama-INCITE models, GPT-NeoX). Always ``r 8, alpha 16, dropout
+0.05``."""
 
 _DTYPES: dict[str, torch.dtype | str] = {
     "float32": torch.float32,
@@ -231,8 +246,8 @@ def load_model_and_tokenizer(
 
     Raises:
         LossearchError: missing local path, hub id that cannot be loaded (e.g. offline),
-            LoRA with ``tiny``, no known LoRA targets for the family with ``"auto"``, or
-            explicit targets not found in the model.
+            LoRA with ``tiny``, no known LoRA targets for the family with ``"auto"`` or
+            ``"paper"``, or explicit targets not found in the model.
     """
     if cfg.name_or_path == TINY:
         if cfg.lora is not None:
@@ -355,11 +370,33 @@ def lora_target_modules(model: torch.nn.Module) -> list[str]:
     )
 
 
+def paper_lora_target_modules(model: torch.nn.Module) -> list[str]:
+    """The paper's LoRA targets for ``model``'s family (:data:`PAPER_LORA_TARGETS`).
+
+    Llama and StableLM: ``q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj,
+    lm_head``; Falcon: ``query_key_value, dense, dense_h_to_4h, dense_4h_to_h``; GPT-NeoX
+    (RedPajama-INCITE): ``query_key_value``. A new list each call.
+
+    Raises:
+        LossearchError: a model type the paper did not train (one line naming it).
+    """
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    if model_type in PAPER_LORA_TARGETS:
+        return list(PAPER_LORA_TARGETS[model_type])
+    raise LossearchError(
+        f"model.lora.target_modules 'paper': the paper trained no '{model_type}' model "
+        f"(its families: {', '.join(PAPER_LORA_TARGETS)}); use 'auto' or a list of names"
+    )
+
+
 def _add_lora(model: PreTrainedModel, lora: LoraSpec, seed: int) -> peft.PeftModel:
     """Wrap ``model`` in LoRA adapters per ``lora``; targets match the last name component."""
-    targets = (
-        lora_target_modules(model) if lora.target_modules == "auto" else list(lora.target_modules)
-    )
+    if lora.target_modules == "auto":
+        targets = lora_target_modules(model)
+    elif lora.target_modules == "paper":
+        targets = paper_lora_target_modules(model)
+    else:
+        targets = list(lora.target_modules)
     matched = [
         module for name, module in model.named_modules() if name.rsplit(".", 1)[-1] in targets
     ]
@@ -397,11 +434,17 @@ def save_model(
 
     A ``peft`` model saves its adapter only (``adapter_config.json`` + adapter weights; the
     base is reloaded from ``model.name_or_path`` on restore); any other model saves its full
-    weights and ``config.json``. The tokenizer is saved alongside in both cases.
+    weights and ``config.json``. The tokenizer is saved alongside in both cases. With
+    ``lm_head`` among the LoRA targets (``target_modules: paper``) the frozen output matrix is
+    not copied into the adapter (peft would by default: ~0.5 GB per checkpoint for a 7B
+    Llama); it is reloaded with the base.
     """
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(path)
+    if isinstance(model, peft.PeftModel):
+        model.save_pretrained(path, save_embedding_layers=False)
+    else:
+        model.save_pretrained(path)
     tokenizer.save_pretrained(path)
 
 

@@ -14,6 +14,8 @@ import pytest
 import torch
 from transformers import (
     AutoTokenizer,
+    FalconConfig,
+    FalconForCausalLM,
     GPT2Config,
     GPT2LMHeadModel,
     GPTNeoXConfig,
@@ -22,6 +24,8 @@ from transformers import (
     OPTConfig,
     OPTForCausalLM,
     PreTrainedModel,
+    StableLmConfig,
+    StableLmForCausalLM,
 )
 
 from lossearch.config import LoraConfig, ModelConfig
@@ -36,6 +40,7 @@ from lossearch.models import (
     load_model_and_tokenizer,
     load_weights,
     lora_target_modules,
+    paper_lora_target_modules,
     save_model,
     unwrap,
 )
@@ -80,6 +85,33 @@ def _small_model(family: str) -> PreTrainedModel:
             max_position_embeddings=64,
         )
         return OPTForCausalLM(config)
+    if family == "llama_untied":  # Llama-2-7B's layout: lm_head not tied to the embedding
+        config = llama_config_for_size(
+            32, 2, 4, v, intermediate=64, max_position_embeddings=64, tie_word_embeddings=False
+        )
+        return LlamaForCausalLM(config)
+    if family == "falcon":  # Falcon-7B's layout: multi-query attention, parallel block
+        config = FalconConfig(
+            vocab_size=v,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            multi_query=True,
+            parallel_attn=True,
+            new_decoder_architecture=False,
+        )
+        return FalconForCausalLM(config)
+    if family == "stablelm":
+        config = StableLmConfig(
+            vocab_size=v,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=4,
+            max_position_embeddings=64,
+        )
+        return StableLmForCausalLM(config)
     raise AssertionError(family)
 
 
@@ -250,6 +282,79 @@ def test_load_by_path_with_lora(model_dirs: dict[str, Path], family: str, target
             assert param.grad is not None, name
         else:
             assert param.grad is None, name
+
+
+_LLAMA_PAPER = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+@pytest.mark.parametrize(
+    ("family", "model_type", "targets"),
+    [
+        ("llama_untied", "llama", [*_LLAMA_PAPER, "lm_head"]),
+        ("stablelm", "stablelm", [*_LLAMA_PAPER, "lm_head"]),
+        ("falcon", "falcon", ["query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"]),
+        ("gpt_neox", "gpt_neox", ["query_key_value"]),
+    ],
+)
+def test_paper_lora_targets(tmp_path: Path, family: str, model_type: str, targets) -> None:
+    """``target_modules: paper`` puts LoRA exactly where the paper's code did."""
+    torch.manual_seed(0)
+    base = _small_model(family)
+    # every linear layer with one of those last names, and no other, must get an adapter
+    expected = {
+        name
+        for name, module in base.named_modules()
+        if name.rsplit(".", 1)[-1] in targets and isinstance(module, torch.nn.Linear)
+    }
+    base.save_pretrained(tmp_path)
+    build_tiny_tokenizer().save_pretrained(tmp_path)
+    cfg = ModelConfig(name_or_path=str(tmp_path), lora=LoraConfig(target_modules="paper"))
+    model, tok = load_model_and_tokenizer(cfg, seed=0)
+    assert model.config.model_type == model_type
+    assert paper_lora_target_modules(model) == targets
+    lora_cfg = model.peft_config["default"]
+    assert (lora_cfg.r, lora_cfg.lora_alpha, lora_cfg.lora_dropout) == (8, 16, 0.05)
+    adapted = {
+        name
+        for name, module in model.base_model.model.named_modules()
+        if hasattr(module, "lora_A") and "default" in module.lora_A
+    }
+    assert adapted == expected and {n.rsplit(".", 1)[-1] for n in adapted} == set(targets)
+    assert ("lm_head" in adapted) == ("lm_head" in targets)
+    model.train()
+    batch = _batch(tok)
+    model(**batch, labels=batch["input_ids"]).loss.backward()
+    for name, param in model.named_parameters():
+        assert param.requires_grad == ("lora_" in name), name
+        assert (param.grad is not None) == ("lora_" in name), name
+
+
+def test_paper_lora_targets_round_trip_through_a_checkpoint(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    _small_model("llama_untied").save_pretrained(tmp_path / "base")
+    build_tiny_tokenizer().save_pretrained(tmp_path / "base")
+    cfg = ModelConfig(name_or_path=str(tmp_path / "base"), lora=LoraConfig(target_modules="paper"))
+    model, tok = load_model_and_tokenizer(cfg, seed=1)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(std=0.5)
+    save_model(model, tok, tmp_path / "ckpt")
+    from safetensors.torch import load_file
+
+    saved = load_file(tmp_path / "ckpt" / "adapter_model.safetensors")
+    assert any("lm_head.lora_A" in k for k in saved)
+    assert all("lora_" in k for k in saved), "frozen base weights copied into the adapter"
+    restored, _ = load_checkpoint(cfg, tmp_path / "ckpt")
+    batch = _batch(tok)
+    assert torch.equal(_logits(model, batch), _logits(restored, batch))
+
+
+def test_paper_lora_targets_unknown_model_type(model_dirs: dict[str, Path]) -> None:
+    cfg = ModelConfig(name_or_path=str(model_dirs["opt"]), lora=LoraConfig(target_modules="paper"))
+    with pytest.raises(LossearchError, match="trained no 'opt' model") as info:
+        load_model_and_tokenizer(cfg)
+    assert "\n" not in str(info.value)
 
 
 def test_lora_init_is_deterministic_in_seed(model_dirs: dict[str, Path]) -> None:

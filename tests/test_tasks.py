@@ -92,6 +92,46 @@ def test_gsm8k_without_annotations_and_with_commas():
 
 
 @needs_gsm8k
+def test_gsm8k_paper_formulas_are_the_papers_exact_string():
+    """``formulas_paper``: the paper's parquet_creator.py target, character for character."""
+    task, cfg = get_task("gsm8k"), TaskConfig(name="gsm8k", target_format="formulas_paper")
+    row = json.loads((GSM8K_DIR / "train.jsonl").open().readline())
+    assert task.to_example(row, cfg).target == "<<48/2=24>> <<48+24=72>> #### 72"
+    comma = gsm8k_rows(lambda a: re.search(r"#### \d{1,3},\d{3}$", a) and "<<" in a)[0]
+    target = task.to_example(comma, cfg).target
+    assert "\n" not in target and target.endswith(comma["answer"].rsplit("\n", 1)[1])
+    plain = gsm8k_rows(lambda a: "<<" not in a)[0]
+    assert task.to_example(plain, cfg).target == plain["answer"].rsplit("\n", 1)[1]
+    for r in gsm8k_rows(lambda a: True)[:500]:  # the paper's two regexes, joined by a space
+        paper = " ".join(re.findall(r"(<<[^>]+>>)", r["answer"])
+                         + re.findall(r"(#### .+)", r["answer"]))
+        assert task.to_example(r, cfg).target == paper
+
+
+def test_gsm8k_paper_formulas_score_like_ours():
+    """The metrics read both formula forms alike: same steps, same answer (commas too)."""
+    from lossearch.metrics import extract_answer, score, steps
+
+    rows = [
+        {"question": "q", "answer": "He has 1,000+80=<<1000+80=1080>>1,080\n#### 1,080"},
+        {"question": "q", "answer": "<<2*3=6>>6 and <<6-8=-2>>-2\n#### -2"},
+        {"question": "q", "answer": "No steps.\n#### 7"},
+    ]
+    task = get_task("gsm8k")
+    ours = [task.to_example(r, TaskConfig(name="gsm8k")).target for r in rows]
+    paper = [
+        task.to_example(r, TaskConfig(name="gsm8k", target_format="formulas_paper")).target
+        for r in rows
+    ]
+    assert paper == ["<<1000+80=1080>> #### 1,080", "<<2*3=6>> <<6-8=-2>> #### -2", "#### 7"]
+    assert [steps(p) for p in paper] == [steps(o) for o in ours]
+    assert [extract_answer(p) for p in paper] == ["1,080", "-2", "7"]
+    spec = task_spec("gsm8k")
+    assert score(spec, paper, ours)["exact_match"] == score(spec, ours, paper)["exact_match"] == 1
+    assert score(spec, paper, paper)["formula_iou"] == 1
+
+
+@needs_gsm8k
 def test_gsm8k_full_format_keeps_solution():
     row = json.loads((GSM8K_DIR / "train.jsonl").open().readline())
     ex = get_task("gsm8k").to_example(row, TaskConfig(name="gsm8k", target_format="full"))
@@ -562,6 +602,75 @@ def test_gsm8k_validation_is_carved_from_train_disjoint_and_seeded():
     capped = load_task(TaskConfig(**base, train_size=20, test_size=9))
     assert capped.validation == data.validation  # carved before train_size caps train
     assert len(capped.train) == 20 and capped.test == data.test[:9]
+
+
+def test_val_size_fraction_is_datasets_train_test_split():
+    """A fractional val_size carves exactly as datasets' train_test_split(test_size, seed)."""
+    import datasets
+
+    from lossearch.tasks.base import carve
+
+    rows = [{"i": i} for i in range(1003)]
+    for frac, seed in [(0.1, 42), (0.25, 0), (0.001, 7)]:
+        rest, held = carve(rows, frac, seed)
+        split = datasets.Dataset.from_list(rows).train_test_split(test_size=frac, seed=seed)
+        assert held == split["test"].to_list() and rest == split["train"].to_list()
+    rest, held = carve(rows, 0.1, 42)
+    assert len(held) == 101 and len(rest) == 902  # ceil(0.1 * 1003)
+    assert {r["i"] for r in rest} | {r["i"] for r in held} == set(range(1003))
+    with pytest.raises(LossearchError, match="leaves none to train on"):
+        carve(rows[:1], 0.5, 0)
+
+
+@needs_gsm8k
+def test_gsm8k_paper_split_is_90_10_seed_42():
+    """val_size 0.1, data_seed 42: the paper's 6725 / 748 split of GSM8K train, in its order."""
+    import datasets
+
+    base = dict(name="gsm8k", data_dir=str(GSM8K_DIR), target_format="formulas_paper")
+    data = load_task(TaskConfig(**base, val_size=0.1, data_seed=42), test=False)
+    assert (len(data.train), len(data.validation)) == (6725, 748)
+    assert data.validation_source.startswith("748 examples (0.1 of train) carved from")
+    ds = datasets.load_dataset("json", data_files=str(GSM8K_DIR / "train.jsonl"), split="train")
+    paper = ds.train_test_split(test_size=0.1, seed=42)  # parquet_creator.py's call
+    prompt = "Question: {}\nAnswer: ".format
+    assert [e.prompt for e in data.validation] == [prompt(q) for q in paper["test"]["question"]]
+    assert [e.prompt for e in data.train] == [prompt(q) for q in paper["train"]["question"]]
+    capped = load_task(TaskConfig(**base, val_size=0.1, data_seed=42, train_size=10), test=False)
+    assert capped.validation == data.validation and capped.train == data.train[:10]
+
+
+def test_val_size_fraction_of_a_shipped_validation_split(tmp_path):
+    rows = [{"prompt": f"{i}+1=", "target": str(i + 1)} for i in range(10)]
+    train = write_jsonl(tmp_path / "train.jsonl", rows)
+    val = write_jsonl(tmp_path / "validation.jsonl", rows[:7])
+    cfg = TaskConfig(name="jsonl", train_file=str(train), validation_file=str(val), val_size=0.5)
+    data = load_task(cfg, test=False)
+    assert len(data.validation) == 4 and len(data.train) == 10  # ceil(0.5 * 7), train untouched
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"), [(0.1, 0.1), (200, 200), (200.0, 200), (1, 1), ("0.25", 0.25)]
+)
+def test_val_size_count_or_fraction(value, expected):
+    cfg = TaskConfig(name="gsm8k", val_size=value)
+    assert cfg.val_size == expected and type(cfg.val_size) is type(expected)
+
+
+@pytest.mark.parametrize("value", [0, 1.5, -1, -0.1, True])
+def test_val_size_bad_values_are_one_line_errors(value):
+    from lossearch.config import load_config
+
+    with pytest.raises(LossearchError, match="task.val_size") as info:
+        load_config(None, {"task.name": "gsm8k", "task.val_size": value})
+    assert "\n" not in str(info.value)
+
+
+def test_arith_val_size_must_be_a_count():
+    from lossearch.config import load_config
+
+    with pytest.raises(LossearchError, match="arith generates its validation problems"):
+        load_config(None, ["task.val_size=0.1"])
 
 
 def test_search_loads_no_test_split(tmp_path):

@@ -5,8 +5,9 @@ copy has) into :class:`Example` pairs of prompt and target text, in three splits
 
 * ``train``: what the model trains on;
 * ``validation``: scored every epoch; the only held-out split a search sees. A data set
-  that ships one uses it; otherwise ``task.val_size`` examples are carved out of train by a
-  shuffle seeded with ``task.data_seed`` and removed from the examples trained on;
+  that ships one uses it; otherwise ``task.val_size`` examples (a count, or a fraction of
+  train) are carved out of train by a shuffle seeded with ``task.data_seed`` (:func:`carve`)
+  and removed from the examples trained on;
 * ``test``: scored only after training (``lossearch train``'s last epoch, ``lossearch
   confirm``), loaded only when asked for.
 
@@ -305,21 +306,27 @@ class Task:
     def load(self, cfg: TaskConfig, *, test: bool = True) -> TaskData:
         """Load and format the splits (``test`` only when asked for).
 
-        Validation: the data set's own split (first ``val_size`` rows) or, without one,
-        :func:`carve` of train. Then ``train_size`` keeps the first remaining training
-        rows and ``test_size`` the first test rows.
+        Validation: the data set's own split (its first ``val_size`` rows, or that fraction
+        of them) or, without one, :func:`carve` of train. Then ``train_size`` keeps the first
+        remaining training rows and ``test_size`` the first test rows.
         """
         train_rows, train_src = self.rows(cfg, "train")
         if not train_rows:
             raise LossearchError(f"{self.name}: no rows in {train_src}")
         found = self.rows(cfg, "validation")
+        val_limit = cfg.val_size if isinstance(cfg.val_size, int) else None
         if found is None:
             train_rows, val_rows = carve(train_rows, cfg.val_size, cfg.data_seed, train_src)
-            val_src = f"{cfg.val_size} examples carved from {train_src} (data_seed {cfg.data_seed})"
+            val_src = (
+                f"{len(val_rows)} examples ({cfg.val_size:g} of train) carved from {train_src} "
+                f"(data_seed {cfg.data_seed})"
+            )
         else:
             val_rows, val_src = found
+            if val_limit is None:  # a fraction of the data set's own validation split
+                val_limit = max(1, math.ceil(cfg.val_size * len(val_rows)))
         train = self.examples(train_rows, cfg, train_src, cfg.train_size)
-        validation = self.examples(val_rows, cfg, val_src, cfg.val_size)
+        validation = self.examples(val_rows, cfg, val_src, val_limit)
         tests: list[Example] = []
         if test:
             test_rows, test_src = self.rows(cfg, "test")  # type: ignore[misc]
@@ -328,19 +335,39 @@ class Task:
 
 
 def carve(
-    rows: list[dict[str, Any]], size: int, seed: int, source: str = "train"
+    rows: list[dict[str, Any]], size: int | float, seed: int, source: str = "train"
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Split ``rows`` into ``(rest, held_out)`` with ``len(held_out) == size``.
+    """Split ``rows`` into ``(rest, held_out)``.
 
-    The held-out rows are the first ``size`` positions of a permutation of ``range(len(rows))``
-    drawn by ``random.Random(seed)``; the rest keep their original order. Disjoint by
-    position, so a duplicated row can sit on both sides only if the data set repeats it.
+    ``size`` an int (a count): the held-out rows are the first ``size`` positions of a
+    permutation of ``range(len(rows))`` drawn by ``random.Random(seed)``; the rest keep
+    their original order.
+
+    ``size`` a float in (0, 1) (a fraction): exactly what ``datasets.Dataset.train_test_split(
+    test_size=size, seed=seed)`` does (datasets 2.x to 5.x), so ``0.1`` with seed 42 is the
+    paper's GSM8K split: ``n = ceil(size * len(rows))`` held out, the first ``n`` positions of
+    ``numpy.random.default_rng(seed).permutation(len(rows))``; the rest are the remaining
+    positions *in that permutation's order* (as the paper's training file had them).
+
+    Disjoint by position, so a duplicated row can sit on both sides only if the data set
+    repeats it.
 
     Raises:
-        LossearchError: ``size`` is not smaller than the number of rows.
+        LossearchError: ``size`` leaves no training rows.
     """
     import random
 
+    if isinstance(size, float):
+        import numpy as np
+
+        n = math.ceil(size * len(rows))
+        if n >= len(rows):
+            raise LossearchError(
+                f"task.val_size {size:g} of the {len(rows)} training examples of {source} "
+                "leaves none to train on: lower task.val_size or give a validation file"
+            )
+        perm = np.random.default_rng(seed).permutation(len(rows)).tolist()
+        return [rows[i] for i in perm[n:]], [rows[i] for i in perm[:n]]
     if size >= len(rows):
         raise LossearchError(
             f"task.val_size {size} is not smaller than the {len(rows)} training examples "
