@@ -167,8 +167,8 @@ def test_paper_has_the_papers_settings() -> None:
     b = sp.base
     assert b["task"]["name"] == "gsm8k"
     assert b["model"]["name_or_path"] == "/models/llama"
-    assert b["model"]["dtype"] == "float16"
-    assert b["model"]["lora"] == {"r": 8, "alpha": 16, "dropout": 0.05, "target_modules": "auto"}
+    assert b["model"]["dtype"] == "float32" and b["optim"]["mixed_precision"] == "fp16"
+    assert b["model"]["lora"] == {"r": 8, "alpha": 16, "dropout": 0.05, "target_modules": "paper"}
     o = b["optim"]
     assert (o["lr"], o["weight_decay"], o["warmup_steps"], o["epochs"], o["batch_size"]) == (
         1e-5,
