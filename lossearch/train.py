@@ -625,6 +625,8 @@ def train(
 
     out = Path(out_dir) if out_dir is not None else default_run_dir(cfg)
     out = out.resolve()
+    if out.exists() and not out.is_dir():
+        raise LossearchError(f"--out is not a directory: {out}")
     if out.exists() and any(out.iterdir()) and not (out / "config.yaml").exists():
         raise LossearchError(f"output directory is not empty and not a lossearch run: {out}")
     from lossearch.preflight import preflight

@@ -90,6 +90,7 @@ CASES: list[tuple[str, list[str], str]] = [
     ),
     ("train-renamed-key", ["train", "task.eval_size=20"], "use task.val_size"),
     ("train-out-not-a-run", ["train", "--out", "not_an_experiment", *SMALL], "not a lossearch run"),
+    ("train-out-is-a-file", ["train", "--out", "ok.jsonl", *SMALL], "--out is not a directory"),
     # ---- lossearch search (into exps/, where the pre-made experiment lives)
     ("search-malformed-yaml", ["search", "--space", "bad.yaml"], "malformed YAML"),
     ("search-empty-choice-list", ["search", "--space", "space_empty_choices.yaml"],
