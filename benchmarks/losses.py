@@ -3,6 +3,10 @@
     python benchmarks/losses.py            # N = 4096 tokens, V = 32000 and 128256 (~10 min)
     python benchmarks/losses.py --quick    # N = 1024, V = 8000 (seconds)
 
+Rows: ``F.cross_entropy`` (the reference), our ``ce``, then each loss at its default
+parameters except ``ce_smooth`` (``ce`` with ``label_smoothing=0.1``) and ``prob_power``
+(``alpha=0.3``, where ``p_t ** alpha`` is not the plain ``p_t``).
+
 For each vocabulary size, targets are drawn uniformly over the vocabulary ("uniform") or
 from 64 distinct tokens ("64 tokens"); logits are standard normal, float32, on CPU.
 
@@ -51,10 +55,12 @@ import torch.nn.functional as TF
 
 from lossearch.losses import (
     cross_entropy,
+    dft_loss,
     focal_loss,
     generalized_dice_loss,
     lovasz_softmax_loss,
     poly1_loss,
+    prob_power_loss,
     self_adjusting_dice_loss,
     tversky_loss,
 )
@@ -66,6 +72,9 @@ TARGETS = {
     "focal": (1.3, 1.3),
     "sadl": (1.3, 1.3),
     "poly1": (1.3, 1.3),
+    "ce_smooth": (1.3, 1.3),
+    "dft": (1.3, 1.3),
+    "prob_power": (1.3, 1.3),
     "gdice": (1.5, 1.5),
     "tversky": (1.5, 1.5),
     "lovasz": (3.0, 1.3),  # uniform targets, 64 distinct targets
@@ -103,6 +112,9 @@ LOSSES: dict[str, LossFn] = {
     "focal": focal_loss,
     "sadl": self_adjusting_dice_loss,
     "poly1": poly1_loss,
+    "ce_smooth": partial(cross_entropy, label_smoothing=0.1),
+    "dft": dft_loss,
+    "prob_power": partial(prob_power_loss, alpha=0.3),
     "gdice": generalized_dice_loss,
     "tversky": tversky_loss,
     "lovasz": lovasz_softmax_loss,

@@ -17,12 +17,14 @@ from lossearch.losses import (
     answer_cross_entropy,
     build_loss,
     cross_entropy,
+    dft_loss,
     focal_loss,
     generalized_dice_loss,
     loss_family,
     lovasz_softmax_loss,
     normalize_spec,
     poly1_loss,
+    prob_power_loss,
     registry,
     self_adjusting_dice_loss,
     tversky_loss,
@@ -37,10 +39,12 @@ PUBLIC = {
     "tversky": tversky_loss,
     "poly1": poly1_loss,
     "answer_ce": answer_cross_entropy,
+    "dft": dft_loss,
+    "prob_power": prob_power_loss,
 }
 
 EVERYTHING = {
-    "ce": 0.4,
+    "ce": {"weight": 0.4, "label_smoothing": 0.1},
     "focal": {"weight": 0.1, "gamma": 1.5, "alpha": 0.5},
     "lovasz": 0.1,
     "gdice": {"weight": 0.1, "classes": "all"},
@@ -48,6 +52,8 @@ EVERYTHING = {
     "tversky": {"weight": 0.1, "alpha": 0.3, "beta": 0.7},
     "poly1": {"weight": 0.1, "epsilon": -0.5},
     "answer_ce": 0.1,
+    "dft": 0.1,
+    "prob_power": {"weight": 0.1, "alpha": 0.3},
 }
 
 
@@ -56,7 +62,8 @@ EVERYTHING = {
 
 def test_registry_names_and_entry_points():
     assert list(LOSSES) == [
-        "ce", "focal", "lovasz", "gdice", "sadl", "tversky", "poly1", "answer_ce"
+        "ce", "focal", "lovasz", "gdice", "sadl", "tversky", "poly1", "answer_ce", "dft",
+        "prob_power",
     ]
     g = torch.Generator().manual_seed(0)
     x = torch.randn(20, 6, generator=g, dtype=torch.float64)
@@ -72,11 +79,13 @@ def test_normalize_fills_defaults():
     spec = normalize_spec({"ce": 0.6, "focal": {"weight": 0.4, "gamma": 2.0}})
     assert spec == {
         "ce_scope": "sequence",
-        "ce": {"weight": 0.6},
+        "ce": {"weight": 0.6, "label_smoothing": 0.0},
         "focal": {"weight": 0.4, "gamma": 2.0, "alpha": None},
     }
     assert list(spec) == ["ce_scope", "ce", "focal"]
-    full = normalize_spec({"gdice": 1, "tversky": 1, "lovasz": 1, "sadl": 1, "poly1": 1})
+    full = normalize_spec(
+        {"gdice": 1, "tversky": 1, "lovasz": 1, "sadl": 1, "poly1": 1, "dft": 1, "prob_power": 1}
+    )
     assert full["gdice"] == {"weight": 1.0, "classes": "present", "smooth": 1e-5, "batch": True}
     assert full["tversky"] == {
         "weight": 1.0,
@@ -88,6 +97,8 @@ def test_normalize_fills_defaults():
     assert full["lovasz"] == {"weight": 1.0, "classes": "present"}
     assert full["sadl"] == {"weight": 1.0, "alpha": 1.0, "gamma": 1.0}
     assert full["poly1"] == {"weight": 1.0, "epsilon": 1.0}
+    assert full["dft"] == {"weight": 1.0}
+    assert full["prob_power"] == {"weight": 1.0, "alpha": 1.0}
 
 
 def test_normalize_is_idempotent_and_converts_numbers():
@@ -96,7 +107,8 @@ def test_normalize_is_idempotent_and_converts_numbers():
     assert spec["ce_scope"] == "answer"
     # YAML reads 1e-5 as a string; numeric strings are accepted, ints become floats
     odd = normalize_spec({"ce": 1, "gdice": {"weight": "0.5", "smooth": "1e-5"}})
-    assert odd["ce"] == {"weight": 1.0} and isinstance(odd["ce"]["weight"], float)
+    assert odd["ce"] == {"weight": 1.0, "label_smoothing": 0.0}
+    assert isinstance(odd["ce"]["weight"], float)
     assert odd["gdice"]["weight"] == 0.5 and odd["gdice"]["smooth"] == 1e-5
 
 
@@ -125,13 +137,30 @@ def test_normalize_is_idempotent_and_converts_numbers():
         ({"focal": {"weight": 1, "beta": 1}}, "loss 'focal': unknown parameter 'beta'"),
         (
             {"ce": {"weight": 1, "gamma": 1}},
-            r"loss 'ce': unknown parameter 'gamma' \(allowed: weight\)",
+            r"loss 'ce': unknown parameter 'gamma' \(allowed: weight, label_smoothing\)",
         ),
         (
             {"dice": 1},
             "unknown loss 'dice' \\(known: ce, focal, lovasz, gdice, sadl, tversky, poly1, "
-            "answer_ce\\)",
+            "answer_ce, dft, prob_power\\)",
         ),
+        (
+            {"ce": {"weight": 1, "label_smoothing": 1.0}},
+            r"loss 'ce': label_smoothing must be in \[0, 1\), got 1.0",
+        ),
+        (
+            {"ce": {"weight": 1, "label_smoothing": -0.1}},
+            r"loss 'ce': label_smoothing must be in \[0, 1\), got -0.1",
+        ),
+        (
+            {"prob_power": {"weight": 1, "alpha": 0}},
+            "loss 'prob_power': alpha must be > 0, got 0",
+        ),
+        (
+            {"prob_power": {"weight": 1, "alpha": -1}},
+            "loss 'prob_power': alpha must be > 0, got -1",
+        ),
+        ({"dft": {"weight": 1, "gamma": 1}}, "loss 'dft': unknown parameter 'gamma'"),
         ({"ce": -0.5, "focal": 1}, "loss 'ce': weight must be >= 0, got -0.5"),
         ({"ce": 0, "focal": 0.0}, "at least one component needs a positive weight"),
         ({}, "at least one component needs a positive weight"),
@@ -162,8 +191,10 @@ def test_loss_family():
     assert loss_family({"focal": 1}) == "focal"
     assert loss_family({"ce": 0.5, "tversky": 0.2, "focal": 0.3}) == "focal+tversky"
     assert loss_family(normalize_spec(EVERYTHING)) == (
-        "answer_ce+focal+gdice+lovasz+poly1+sadl+tversky"
+        "answer_ce+dft+focal+gdice+lovasz+poly1+prob_power+sadl+tversky"
     )
+    assert loss_family({"ce": 0.6, "dft": 0.4}) == "dft"
+    assert loss_family({"prob_power": {"weight": 1.0, "alpha": 0.5}}) == "prob_power"
     assert loss_family({"ce": 0.6, "answer_ce": 0.4}) == "answer_ce"
     assert loss_family({"answer_ce": 1.0}) == "answer_ce"
 
@@ -408,3 +439,75 @@ def test_answer_ce_in_a_config():
     assert set(alone.loss) == {"ce_scope", "answer_ce"}
     with pytest.raises(LossearchError, match="loss 'answer_ce': unknown parameter 'gamma'"):
         load_config(overrides={"loss": {"answer_ce": {"weight": 1, "gamma": 2}}})
+
+
+# ---------------------------------------------------------------- label smoothing, dft, prob_power
+
+
+@pytest.mark.parametrize("scope", ["sequence", "answer"])
+def test_ce_label_smoothing_is_torch_cross_entropy(scope):
+    """``ce.label_smoothing`` = ``F.cross_entropy(..., label_smoothing=eps)`` on CE's rows."""
+    logits, labels, answer = batch(seed=4)
+    x = logits.clone().requires_grad_(True)
+    spec = {"ce": {"weight": 1.0, "label_smoothing": 0.15}, "ce_scope": scope}
+    out = build_loss(spec)(x, labels, answer)
+    out.total.backward()
+    y = logits.clone().requires_grad_(True)
+    ref = TF.cross_entropy(*shifted_tokens(y, labels, answer, scope), label_smoothing=0.15)
+    ref.backward()
+    torch.testing.assert_close(out.total, ref)
+    torch.testing.assert_close(x.grad, y.grad)
+
+
+def test_label_smoothing_is_ces_only():
+    """``answer_ce`` stays plain CE next to a smoothed ``ce``."""
+    logits, labels, answer = batch(seed=5)
+    out = build_loss({"ce": {"weight": 0.6, "label_smoothing": 0.2}, "answer_ce": 0.4})(
+        logits, labels, answer
+    )
+    seq = TF.cross_entropy(*shifted_tokens(logits, labels, answer, "sequence"), label_smoothing=0.2)
+    ans = TF.cross_entropy(*shifted_tokens(logits, labels, answer, "answer"))
+    torch.testing.assert_close(out.components["ce"], seq)
+    torch.testing.assert_close(out.components["answer_ce"], ans)
+    torch.testing.assert_close(out.total, 0.6 * seq + 0.4 * ans)
+
+
+@pytest.mark.parametrize(
+    ("name", "per_token"),
+    [
+        ("dft", lambda p: -p.detach() * p.log()),
+        ("prob_power", lambda p: (1 - p**0.3) / 0.3),
+    ],
+)
+def test_dft_and_prob_power_act_on_the_answer_tokens(name, per_token):
+    """``w CE(sequence) + (1 - w) X(answer)``, X written out from the softmax by hand."""
+    logits, labels, answer = batch(seed=6)
+    x = logits.clone().requires_grad_(True)
+    params = {"alpha": 0.3} if name == "prob_power" else {}
+    out = build_loss({"ce": 0.6, name: {"weight": 0.4, **params}})(x, labels, answer)
+    out.total.backward()
+    y = logits.clone().requires_grad_(True)
+    ce = TF.cross_entropy(*shifted_tokens(y, labels, answer, "sequence"))
+    lg, tg = shifted_tokens(y, labels, answer, "answer")
+    p_t = torch.softmax(lg, -1)[torch.arange(len(tg)), tg]
+    expected = 0.6 * ce + 0.4 * per_token(p_t).mean()
+    expected.backward()
+    torch.testing.assert_close(out.total, expected)
+    torch.testing.assert_close(x.grad, y.grad)
+    # alone: no gradient reaches the prompt positions
+    z = logits.clone().requires_grad_(True)
+    build_loss({name: {"weight": 1.0, **params}})(z, labels, answer).total.backward()
+    assert torch.equal(z.grad[:, :5], torch.zeros_like(z.grad[:, :5]))
+
+
+def test_new_losses_in_a_config():
+    from lossearch.config import load_config
+
+    cfg = load_config(
+        overrides={"loss": {"ce": {"weight": 0.5, "label_smoothing": 0.1}, "prob_power": 0.5}}
+    )
+    assert cfg.loss["ce"] == {"weight": 0.5, "label_smoothing": 0.1}
+    assert cfg.loss["prob_power"] == {"weight": 0.5, "alpha": 1.0}
+    assert load_config(overrides={"loss": {"dft": 1.0}}).loss["dft"] == {"weight": 1.0}
+    with pytest.raises(LossearchError, match="label_smoothing must be in"):
+        load_config(overrides={"loss": {"ce": {"weight": 1, "label_smoothing": 1}}})

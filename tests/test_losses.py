@@ -9,10 +9,12 @@ import torch.nn.functional as TF
 from lossearch.losses import (
     answer_cross_entropy,
     cross_entropy,
+    dft_loss,
     focal_loss,
     generalized_dice_loss,
     lovasz_softmax_loss,
     poly1_loss,
+    prob_power_loss,
     self_adjusting_dice_loss,
     tversky_loss,
 )
@@ -32,6 +34,11 @@ ALL_LOSSES = {
     "tversky_all": lambda x, t, **kw: tversky_loss(x, t, alpha=0.3, beta=0.7, classes="all", **kw),
     "poly1": poly1_loss,
     "answer_ce": answer_cross_entropy,
+    "ce_smoothed": lambda x, t, **kw: cross_entropy(x, t, label_smoothing=0.1, **kw),
+    "dft": dft_loss,
+    "prob_power": prob_power_loss,
+    "prob_power_a03": lambda x, t, **kw: prob_power_loss(x, t, alpha=0.3, **kw),
+    "prob_power_a1e-4": lambda x, t, **kw: prob_power_loss(x, t, alpha=1e-4, **kw),
 }
 
 
@@ -234,10 +241,101 @@ def test_poly1_matches_formula(epsilon):
     torch.testing.assert_close(poly1_loss(x, t, epsilon=epsilon), expected)
 
 
+def _value_and_grad(fn, x, t):
+    """``fn(x, t)`` and its gradient with respect to ``x`` (a fresh leaf)."""
+    leaf = x.detach().clone().requires_grad_(True)
+    value = fn(leaf, t)
+    (grad,) = torch.autograd.grad(value, leaf)
+    return value.detach(), grad
+
+
+def _kept(x, t):
+    keep = t != -100
+    return x[keep], t[keep]
+
+
+@pytest.mark.parametrize("eps", [0.0, 0.1, 0.5, 0.9])
+def test_ce_label_smoothing_matches_torch(eps):
+    """Value and gradient equal ``F.cross_entropy(..., label_smoothing=eps)`` (float64)."""
+    x, t = make(40, 9, seed=11)
+    t[[0, 7, 8]] = -100
+    ours = _value_and_grad(lambda z, tt: cross_entropy(z, tt, label_smoothing=eps), x, t)
+    ref = _value_and_grad(lambda z, tt: TF.cross_entropy(z, tt, label_smoothing=eps), x, t)
+    torch.testing.assert_close(ours, ref)
+    # and the formula it stands for: CE against (1 - eps) onehot + eps / V
+    z, tt = _kept(x, t)
+    q = (1 - eps) * TF.one_hot(tt, z.shape[1]).to(z.dtype) + eps / z.shape[1]
+    torch.testing.assert_close(ours[0], -(q * torch.log_softmax(z, -1)).sum(1).mean())
+
+
+def test_dft_matches_formula():
+    """``-sg(p_t) log p_t``: value, and gradient ``p_t`` times CE's per-token gradient."""
+    x, t = make(30, 8, seed=12)
+    t[[2, 3]] = -100
+
+    def ref(z, tt):
+        z, tt = _kept(z, tt)
+        p = ref_pt(z, tt)
+        return (-p.detach() * p.log()).mean()
+
+    value, grad = _value_and_grad(dft_loss, x, t)
+    torch.testing.assert_close((value, grad), _value_and_grad(ref, x, t))
+    # the gradient written out: (1/N) p_t (softmax - onehot) on the kept rows, 0 elsewhere
+    z, tt = _kept(x, t)
+    p = torch.softmax(z, -1)
+    p_t = p[torch.arange(len(tt)), tt]
+    expected = torch.zeros_like(x)
+    expected[t != -100] = p_t[:, None] * (p - TF.one_hot(tt, z.shape[1])) / len(tt)
+    torch.testing.assert_close(grad, expected)
+    # same gradient as 1 - p_t (prob_power at alpha = 1), a different value
+    pp_value, pp_grad = _value_and_grad(prob_power_loss, x, t)
+    torch.testing.assert_close(pp_grad, grad)
+    assert not torch.isclose(pp_value, value)
+
+
+@pytest.mark.parametrize("alpha", [0.05, 0.3, 1.0, 3.0])
+def test_prob_power_matches_formula(alpha):
+    x, t = make(30, 8, seed=13)
+    t[[5, 9]] = -100
+
+    def ref(z, tt):
+        z, tt = _kept(z, tt)
+        return ((1 - ref_pt(z, tt) ** alpha) / alpha).mean()
+
+    ours = _value_and_grad(lambda z, tt: prob_power_loss(z, tt, alpha=alpha), x, t)
+    torch.testing.assert_close(ours, _value_and_grad(ref, x, t))
+    if alpha == 1.0:  # the 1 - p loss
+        z, tt = _kept(x, t)
+        torch.testing.assert_close(ours[0], (1 - ref_pt(z, tt)).mean())
+
+
+def test_prob_power_small_alpha_is_cross_entropy():
+    """``alpha -> 0`` gives CE, value and gradient; the gap shrinks in proportion to alpha."""
+    x, t = make(30, 8, seed=14)
+    t[4] = -100
+    ce = _value_and_grad(cross_entropy, x, t)
+    gaps = []
+    for alpha in (1e-4, 1e-6):
+        value, grad = _value_and_grad(lambda z, tt, a=alpha: prob_power_loss(z, tt, alpha=a), x, t)
+        torch.testing.assert_close(value, ce[0], rtol=1e-3, atol=0)
+        torch.testing.assert_close(grad, ce[1], rtol=1e-3, atol=1e-7)
+        gaps.append(float((value - ce[0]).abs()))
+    assert gaps[1] < gaps[0] / 50  # first order in alpha: 100x smaller alpha, ~100x smaller gap
+    # in float32 too (no 1 - p^alpha cancellation: expm1)
+    value32 = prob_power_loss(x.float(), t, alpha=1e-4)
+    torch.testing.assert_close(value32, ce[0].float(), rtol=1e-3, atol=0)
+
+
 # ---------------------------------------------------------------- gradients, ignore_index
 
 
-@pytest.mark.parametrize("name", list(ALL_LOSSES))
+# DFT's gradient is by design not its value's derivative (stop-gradient on p_t), so gradcheck
+# does not apply; test_dft_matches_formula checks it against the formula and shows it equal to
+# the gradient of 1 - p_t, which gradcheck covers as prob_power.
+STOP_GRADIENT = {"dft"}
+
+
+@pytest.mark.parametrize("name", [n for n in ALL_LOSSES if n not in STOP_GRADIENT])
 def test_gradcheck(name):
     fn = ALL_LOSSES[name]
     x, t = make(12, 5, seed=7, classes=4)
@@ -284,6 +382,22 @@ def test_extreme_logits_are_finite(name):
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("name", list(ALL_LOSSES))
+def test_extreme_logits_half_precision(name, dtype):
+    """±1e4 logits in float16/bfloat16: p_t = 1, p_t = 0 and ties all stay finite."""
+    fn = ALL_LOSSES[name]
+    x, t = make(16, 6, seed=9, dtype=torch.float32)
+    x = torch.where(x > 0, 1e4, -1e4)
+    x[0, t[0]] = 1e4
+    x[1] = -1e4
+    x[1, (t[1] + 1) % 6] = 1e4
+    x = x.to(dtype).requires_grad_(True)
+    loss = fn(x, t)
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(x.grad.float()).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("name", list(ALL_LOSSES))
 def test_half_precision_inputs(name, dtype):
     fn = ALL_LOSSES[name]
     x32, t = make(16, 6, seed=10, dtype=torch.float32)
@@ -313,3 +427,9 @@ def test_shape_and_argument_errors():
         focal_loss(x, t, gamma=-1)
     with pytest.raises(ValueError, match="per-class alpha"):
         focal_loss(x, t, alpha=torch.ones(3))
+    for eps in (-0.1, 1.0):
+        with pytest.raises(ValueError, match=r"label_smoothing must be in \[0, 1\)"):
+            cross_entropy(x, t, label_smoothing=eps)
+    for alpha in (0.0, -0.5):
+        with pytest.raises(ValueError, match="alpha must be > 0"):
+            prob_power_loss(x, t, alpha=alpha)

@@ -39,8 +39,9 @@ class CompositeLoss(torch.nn.Module):
        choice) or the answer rows with ``ce_scope: answer``; every other component uses
        the answer rows (``answer_ce`` among them: CE on the answer rows whatever
        ``ce_scope`` says, so ``{ce: w, answer_ce: 1 - w}`` is
-       ``w · CE(sequence) + (1 - w) · CE(answer)``). Each loss is a mean over its rows.
-       Components with weight 0 are not computed.
+       ``w · CE(sequence) + (1 - w) · CE(answer)``; ``dft`` and ``prob_power`` too). Each
+       loss is a mean over its rows. Components with weight 0 are not computed. CE's
+       ``label_smoothing`` applies to ``ce`` only, not to ``answer_ce``.
 
     A batch with no answer tokens gives 0 for the answer-only components (gradient 0).
     ``gdice`` with ``batch: false`` pools per sequence of the batch.
@@ -93,9 +94,11 @@ class CompositeLoss(torch.nn.Module):
         for name, weight in self.weights.items():
             if name == "ce":
                 if ce_on_sequence:
-                    value = cross_entropy_from_log_probs(log_probs, target)
+                    value = cross_entropy_from_log_probs(log_probs, target, **self._params[name])
                 else:
-                    value = cross_entropy_from_log_probs(answer_log_probs, answer_target)
+                    value = cross_entropy_from_log_probs(
+                        answer_log_probs, answer_target, **self._params[name]
+                    )
             else:
                 info = LOSSES[name]
                 extra = {"seq_ids": seq_ids} if info.per_sequence else {}

@@ -16,10 +16,12 @@ from typing import Any
 from lossearch.errors import LossearchError
 from lossearch.losses.answer_ce import answer_ce_from_log_probs, answer_cross_entropy
 from lossearch.losses.cross_entropy import cross_entropy, cross_entropy_from_log_probs
+from lossearch.losses.dft import dft_from_log_probs, dft_loss
 from lossearch.losses.dice import generalized_dice_from_log_probs, generalized_dice_loss
 from lossearch.losses.focal import focal_from_log_probs, focal_loss
 from lossearch.losses.lovasz import lovasz_from_log_probs, lovasz_softmax_loss
 from lossearch.losses.poly1 import poly1_from_log_probs, poly1_loss
+from lossearch.losses.prob_power import prob_power_from_log_probs, prob_power_loss
 from lossearch.losses.sadl import self_adjusting_dice_from_log_probs, self_adjusting_dice_loss
 from lossearch.losses.tversky import tversky_from_log_probs, tversky_loss
 
@@ -35,9 +37,10 @@ def _fmt(x: float) -> str:
 class Param:
     """One parameter of a loss: its default and the values it accepts.
 
-    ``kind`` is ``"float"`` (optionally bounded by ``low``/``high``, inclusive),
-    ``"optional_float"`` (``None`` or a bounded float), ``"choice"`` (one of ``choices``)
-    or ``"bool"``. Numbers may be given as numeric strings (YAML reads ``1e-5`` as a string).
+    ``kind`` is ``"float"`` (optionally bounded by ``low``/``high``, inclusive unless
+    ``low_open``/``high_open``), ``"optional_float"`` (``None`` or a bounded float),
+    ``"choice"`` (one of ``choices``) or ``"bool"``. Numbers may be given as numeric strings
+    (YAML reads ``1e-5`` as a string).
     """
 
     name: str
@@ -46,6 +49,8 @@ class Param:
     low: float | None = None
     high: float | None = None
     choices: tuple[str, ...] = ()
+    low_open: bool = False
+    high_open: bool = False
 
     def check(self, loss: str, value: Any) -> Any:
         """Return ``value`` in canonical form or raise ``LossearchError``."""
@@ -65,14 +70,23 @@ class Param:
         if number is None:
             what = "null or a number" if self.kind == "optional_float" else "a number"
             raise LossearchError(f"{where} must be {what}, got {value!r}")
-        if self.low is not None and self.high is not None:
-            if not self.low <= number <= self.high:
-                raise LossearchError(
-                    f"{where} must be in [{_fmt(self.low)}, {_fmt(self.high)}], got {value!r}"
-                )
-        elif self.low is not None and number < self.low:
-            raise LossearchError(f"{where} must be >= {_fmt(self.low)}, got {value!r}")
+        too_low = self.low is not None and (
+            number <= self.low if self.low_open else number < self.low
+        )
+        too_high = self.high is not None and (
+            number >= self.high if self.high_open else number > self.high
+        )
+        if too_low or too_high:
+            raise LossearchError(f"{where} must be {self._range()}, got {value!r}")
         return number
+
+    def _range(self) -> str:
+        if self.low is not None and self.high is not None:
+            left, right = "(" if self.low_open else "[", ")" if self.high_open else "]"
+            return f"in {left}{_fmt(self.low)}, {_fmt(self.high)}{right}"
+        if self.low is not None:
+            return f"{'>' if self.low_open else '>='} {_fmt(self.low)}"
+        return f"{'<' if self.high_open else '<='} {_fmt(self.high)}"
 
 
 def to_number(value: Any) -> float | None:
@@ -133,7 +147,13 @@ _SMOOTH = Param("smooth", 1e-5, low=0.0)
 LOSSES: dict[str, LossInfo] = {
     info.name: info
     for info in (
-        LossInfo("ce", cross_entropy, cross_entropy_from_log_probs, (), "token cross-entropy"),
+        LossInfo(
+            "ce",
+            cross_entropy,
+            cross_entropy_from_log_probs,
+            (Param("label_smoothing", 0.0, low=0.0, high=1.0, high_open=True),),
+            "token cross-entropy, optionally label-smoothed",
+        ),
         LossInfo(
             "focal",
             focal_loss,
@@ -188,6 +208,20 @@ LOSSES: dict[str, LossInfo] = {
             answer_ce_from_log_probs,
             (),
             "token cross-entropy on the answer tokens only",
+        ),
+        LossInfo(
+            "dft",
+            dft_loss,
+            dft_from_log_probs,
+            (),
+            "Dynamic Fine-Tuning, CE scaled by the detached p_t (Wu et al. 2025)",
+        ),
+        LossInfo(
+            "prob_power",
+            prob_power_loss,
+            prob_power_from_log_probs,
+            (Param("alpha", 1.0, low=0.0, low_open=True),),
+            "(1 - p_t^alpha) / alpha (Li et al. 2025)",
         ),
     )
 }

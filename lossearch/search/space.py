@@ -134,13 +134,14 @@ from lossearch.errors import LossearchError
 
 #: The loss registry's names; ``loss.family`` takes one of them.
 LOSS_FAMILIES: tuple[str, ...] = (
-    "ce", "focal", "lovasz", "gdice", "sadl", "tversky", "poly1", "answer_ce"
+    "ce", "focal", "lovasz", "gdice", "sadl", "tversky", "poly1", "answer_ce", "dft",
+    "prob_power",
 )
 
 #: Each family's parameters besides ``weight``; used to check names while
 #: ``lossearch.losses.normalize_spec`` is not importable.
 LOSS_PARAMS: dict[str, frozenset[str]] = {
-    "ce": frozenset(),
+    "ce": frozenset({"label_smoothing"}),
     "focal": frozenset({"gamma", "alpha"}),
     "lovasz": frozenset({"classes"}),
     "gdice": frozenset({"classes", "smooth", "batch"}),
@@ -148,6 +149,8 @@ LOSS_PARAMS: dict[str, frozenset[str]] = {
     "tversky": frozenset({"alpha", "beta", "classes", "smooth"}),
     "poly1": frozenset({"epsilon"}),
     "answer_ce": frozenset(),
+    "dft": frozenset(),
+    "prob_power": frozenset({"alpha"}),
 }
 
 SAMPLERS: tuple[str, ...] = ("tpe", "random", "grid")
