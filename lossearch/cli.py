@@ -12,6 +12,7 @@ import typer
 
 from lossearch import __version__
 from lossearch.errors import LossearchError
+from lossearch.interrupt import Interrupted
 
 app = typer.Typer(
     name="lossearch",
@@ -212,15 +213,26 @@ def analyze(
 
 
 def main() -> None:
-    """Console-script entry point: run the app, turn user errors into one line and exit 2."""
+    """Console-script entry point: run the app, turn user errors into one line and exit 2.
+
+    SIGINT and SIGTERM stop a command quietly (:func:`lossearch.interrupt.catch_stop_signals`):
+    one line, ``interrupted — <what was kept, how to resume>``, and exit status 130 or 143.
+    """
+    from lossearch.interrupt import catch_stop_signals, interrupted, received_signal
+
+    catch_stop_signals()
     try:
         app(standalone_mode=False)
+    except Interrupted as stop:
+        _exit_interrupted(stop)
     except LossearchError as err:
         typer.echo(f"error: {err}", err=True)
         sys.exit(2)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except typer.Abort:
+        if received_signal() is not None:  # a stop signal outside train/search: no detail
+            _exit_interrupted(interrupted())
         typer.echo("aborted", err=True)
         sys.exit(130)
     except Exception as exc:  # click usage errors
@@ -230,6 +242,12 @@ def main() -> None:
             exc.show()
             sys.exit(2)
         raise
+
+
+def _exit_interrupted(stop: Interrupted) -> None:
+    """Print ``interrupted — <detail>`` and exit 128 + the signal (130 SIGINT, 143 SIGTERM)."""
+    typer.echo("interrupted" + (f" — {stop.detail}" if stop.detail else ""), err=True)
+    sys.exit(stop.exit_code)
 
 
 if __name__ == "__main__":

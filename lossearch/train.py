@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 import sys
 import tempfile
 import time
@@ -35,6 +36,7 @@ import torch
 
 from lossearch.config import TrainConfig, dump_config, validate
 from lossearch.errors import LossearchError
+from lossearch.interrupt import STOP_SIGNALS, catching_stop_signals, interrupted, on_stop_signal
 
 
 class NonFiniteLoss(RuntimeError):
@@ -488,6 +490,12 @@ def trainer_class() -> type:
                 if type(cb).__name__ not in UNUSED_TRAIN_CALLBACKS
             ]
 
+        def _register_sigint_handler(self, controller: Any) -> None:
+            # Train V2's handler (logs, aborts the controller, then sys.exit) would replace
+            # the lossearch command's (catch_stop_signals), which stops quietly.
+            if not catching_stop_signals():
+                super()._register_sigint_handler(controller)
+
     return LossearchTrainer
 
 
@@ -590,6 +598,7 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
         "include_dashboard": False,
         "logging_config": ray.LoggingConfig(log_level="ERROR"),
     }
+    keep_handlers = catching_stop_signals()  # ray.init replaces the SIGTERM handler
     if address:
         try:
             ray.init(address=address, **kwargs)
@@ -600,6 +609,9 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
         # PreemptionWatcher actor would only poll. Workers inherit this from the raylet.
         os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
         ray.init(num_cpus=num_cpus, **kwargs)
+    if keep_handlers:
+        for signum in STOP_SIGNALS:
+            signal.signal(signum, on_stop_signal)
 
 
 def default_run_dir(cfg: TrainConfig) -> Path:
@@ -619,7 +631,8 @@ def train(
     the last holds ``test/<metric>``), ``checkpoint/`` (the final model, tokenizer and
     optimizer state) and ``test_predictions.seed<k>.jsonl`` (per test question) at the end.
     ``announce`` (``lossearch train`` passes ``typer.echo``) gets ``run: DIR`` once
-    ``config.yaml`` is written.
+    ``config.yaml`` is written. A stop signal (SIGINT, SIGTERM) while Ray runs raises
+    :class:`~lossearch.interrupt.Interrupted` naming the command that resumes the run.
     """
     import shutil
 
@@ -640,9 +653,15 @@ def train(
         raise LossearchError(f"cannot write run directory {out}: {err.strerror}") from None
     if announce:
         announce(f"run: {out}")
-    init_ray(address)
-    trainer = build_trainer(cfg, storage_path=str(out), name="ray_train", test=True)
-    result = trainer.fit()
+    try:
+        init_ray(address)
+        trainer = build_trainer(cfg, storage_path=str(out), name="ray_train", test=True)
+        result = trainer.fit()
+    except KeyboardInterrupt:  # SIGINT or SIGTERM under the command's catch_stop_signals
+        raise interrupted(
+            f"resume from the last finished epoch with: lossearch train --config "
+            f"{out / 'config.yaml'} --out {out}"
+        ) from None
     if result.error is not None:
         raise result.error
     reason = diverged_error(result)

@@ -383,3 +383,89 @@ def test_all_padding_batch_gives_zero_loss_and_zero_gradient(family: str) -> Non
     assert out.total.item() == 0.0
     out.total.backward()
     assert logits.grad is not None and torch.count_nonzero(logits.grad) == 0
+
+
+# --------------------------------------------------------------------------- stop signals
+
+# Three one-epoch trials, one at a time, so that one is running when the first has finished.
+SIGNAL_SPACE = {
+    **SPACE,
+    "base": {**SPACE["base"], "name": "signals",
+             "task": {"name": "arith", "arith_train_size": 320, "val_size": 20},
+             "optim": {"epochs": 1, "batch_size": 32, "warmup_steps": 0}},
+    "search": {**SPACE["search"], "max_concurrent": 1},
+    "space": {"loss.family": "ce", "optim.lr": {"choices": [3e-3, 1e-3, 2e-3]}},
+}
+
+
+def _stop_lines(log: Path) -> tuple[str, list[str]]:
+    """The whole output and its lines that are about the stop."""
+    text = log.read_text(errors="replace")
+    return text, [line for line in text.splitlines() if "interrupted" in line.lower()]
+
+
+@pytest.fixture(scope="module")
+def sigint_search(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """``lossearch search`` SIGINTed once its first trial has finished, then ``resume``."""
+    import signal
+
+    root = tmp_path_factory.mktemp("sigint")
+    space = root / "space.yaml"
+    space.write_text(yaml.safe_dump(SIGNAL_SPACE))
+    exp, log = root / "exps" / "sig", root / "search.log"
+    p = procs.start([BIN / "lossearch", "search", "--space", space, "--storage", root / "exps",
+                     "--name", "sig"], log=log, cwd=root, env=lossearch_env())
+    try:
+        procs.wait_until(lambda: "TERMINATED" in statuses(exp).values(), 300, "a finished trial")
+        os.kill(p.pid, signal.SIGINT)
+        rc = procs.wait_exit(p, 120, log)
+    finally:
+        procs.kill_driver(p)
+    resumed = procs.run_cli(["resume", exp], cwd=root, timeout=400)
+    return {"exp": exp, "log": log, "rc": rc, "resumed": resumed}
+
+
+@pytest.mark.slow
+def test_sigint_stops_a_search_in_one_line_exit_130(sigint_search: dict[str, Any]) -> None:
+    text, lines = _stop_lines(sigint_search["log"])
+    assert sigint_search["rc"] == 130, text[-3000:]
+    assert len(lines) == 1, lines
+    exp = sigint_search["exp"]
+    assert lines[0] == f"interrupted — 1 trial finished; resume with: lossearch resume {exp}"
+    for noise in ("Traceback", "PartialExperimentWarning", "unknown metric", "Tuner.restore"):
+        assert noise not in text, text[-3000:]
+
+
+@pytest.mark.slow
+def test_resume_after_sigint_ends_with_all_trials(sigint_search: dict[str, Any]) -> None:
+    done = sigint_search["resumed"]
+    assert done.returncode == 0, done.stderr[-3000:]
+    exp = sigint_search["exp"]
+    assert sorted(statuses(exp).values()) == ["TERMINATED"] * 3
+    assert len(trial_dirs(exp)) == 3
+    assert (exp / "best.yaml").is_file()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM"])
+def test_stop_signal_during_train_is_one_line(signame: str, tmp_path: Path) -> None:
+    """After the first epoch: one line naming the resume command, exit 130 / 143."""
+    import signal
+
+    sig = getattr(signal, signame)
+    log, run = tmp_path / "train.log", tmp_path / "run"
+    p = procs.start([BIN / "lossearch", "train", "--out", run, *TINY_RUN, "optim.epochs=4"],
+                    log=log, cwd=tmp_path, env=lossearch_env())
+    try:
+        procs.wait_for_file(log, 240, "epoch 1/4")
+        os.kill(p.pid, sig)
+        rc = procs.wait_exit(p, 120, log)
+    finally:
+        procs.kill_driver(p)
+    text, lines = _stop_lines(log)
+    assert rc == 128 + sig, text[-3000:]
+    assert lines == [
+        "interrupted — resume from the last finished epoch with: lossearch train --config "
+        f"{run / 'config.yaml'} --out {run}"
+    ], text[-3000:]
+    assert "Traceback" not in text and "SIGINT" not in text, text[-3000:]

@@ -341,9 +341,7 @@ def run_search(
         for key, value in sp.fixed_by_override:
             announce(f"{key} fixed at {value} by the command line; removed from the search space")
         announce(f"experiment: {exp_path}")
-    _local_ray(address)
-    tuner = _build_tuner(sp, meta, storage, name, exp_path, verbose)
-    tuner.fit()
+    _fit(exp_path, address, lambda: _build_tuner(sp, meta, storage, name, exp_path, verbose))
     return exp_path
 
 
@@ -443,15 +441,73 @@ def resume(exp_path: str, *, address: str | None = None) -> str:
         check_ray_address(address)
         sp = load_space(meta["space"], meta.get("overrides") or [])
         storage, name = _split_exp_path(exp_path)
-        _local_ray(address)
-        _build_tuner(sp, meta, storage, name, exp_path, verbose=1).fit()
+        _fit(exp_path, address, lambda: _build_tuner(sp, meta, storage, name, exp_path, 1))
         return exp_path
-    _local_ray(address)
-    tuner = tune.Tuner.restore(
+    _fit(
         exp_path,
-        trainable=_trainable(meta, exp_path),
-        resume_unfinished=True,
-        resume_errored=False,
+        address,
+        lambda: tune.Tuner.restore(
+            exp_path,
+            trainable=_trainable(meta, exp_path),
+            resume_unfinished=True,
+            resume_errored=False,
+        ),
     )
-    tuner.fit()
     return exp_path
+
+
+def _stop_tune() -> bool:
+    """Stop a running ``Tuner.fit()`` gracefully, as its own Ctrl-C handling does.
+
+    Tune listens on SIGUSR1 while it runs (its graceful stop: running trials are stopped and
+    the experiment state saved, so ``resume`` continues them); False when it does not yet.
+    Tune's messages about the stop (a warning with Ray's restore call, "Trials did not
+    complete") are silenced: the command line prints its own line.
+    """
+    import logging
+    import signal
+
+    handler = signal.getsignal(signal.SIGUSR1)
+    if not callable(handler):
+        return False
+    logging.getLogger("ray.tune").setLevel(logging.CRITICAL)
+    handler(signal.SIGUSR1, None)
+    return True
+
+
+def _fit(exp_path: str, address: str | None, make_tuner: Callable[[], Any]) -> None:
+    """Start Ray and run the tuner ``make_tuner()`` builds; a stop signal stops it gracefully.
+
+    With the ``lossearch`` command's signal handling (:func:`lossearch.interrupt.
+    catch_stop_signals`), SIGINT or SIGTERM ends the search with
+    :class:`~lossearch.interrupt.Interrupted`, whose detail counts the finished trials and
+    names the ``lossearch resume`` command; the experiment stays resumable.
+    """
+    from lossearch.interrupt import (
+        Interrupted,
+        catching_stop_signals,
+        graceful_stop,
+        interrupted,
+    )
+
+    resume_hint = f"resume with: lossearch resume {exp_path}"
+    disabled = os.environ.get("TUNE_DISABLE_SIGINT_HANDLER")
+    if catching_stop_signals():
+        # Tune's own SIGINT handler would replace lossearch's; its SIGUSR1 one stays
+        os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+    try:
+        _local_ray(address)
+        tuner = make_tuner()
+        with graceful_stop(_stop_tune) as stop:
+            grid = tuner.fit()
+    except KeyboardInterrupt:  # before Tune listens, or a second signal
+        raise interrupted(resume_hint) from None
+    finally:
+        if disabled is None:
+            os.environ.pop("TUNE_DISABLE_SIGINT_HANDLER", None)
+        else:
+            os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = disabled
+    if stop.signum is not None:
+        # the trials Tune stopped count as terminated too: finished ones reported done
+        n = sum(1 for r in grid if r.error is None and (r.metrics or {}).get("done"))
+        raise Interrupted(stop.signum, f"{n} trial{'s' * (n != 1)} finished; {resume_hint}")
