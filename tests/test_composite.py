@@ -86,7 +86,9 @@ def test_normalize_fills_defaults():
     full = normalize_spec(
         {"gdice": 1, "tversky": 1, "lovasz": 1, "sadl": 1, "poly1": 1, "dft": 1, "prob_power": 1}
     )
-    assert full["gdice"] == {"weight": 1.0, "classes": "present", "smooth": 1e-5, "batch": True}
+    assert full["gdice"] == {
+        "weight": 1.0, "classes": "present", "smooth": 1e-5, "batch": True, "variant": "standard"
+    }
     assert full["tversky"] == {
         "weight": 1.0,
         "alpha": 0.5,

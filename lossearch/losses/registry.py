@@ -172,8 +172,14 @@ LOSSES: dict[str, LossInfo] = {
             "gdice",
             generalized_dice_loss,
             generalized_dice_from_log_probs,
-            (_CLASSES, _SMOOTH, Param("batch", True, kind="bool")),
-            "generalized Dice (Sudre et al. 2017)",
+            (
+                _CLASSES,
+                _SMOOTH,
+                Param("batch", True, kind="bool"),
+                Param("variant", "standard", kind="choice", choices=("standard", "paper")),
+            ),
+            "generalized Dice (Sudre et al. 2017); variant 'paper' is the paper's code, bug "
+            "for bug",
             per_sequence=True,
         ),
         LossInfo(
