@@ -96,8 +96,7 @@ Validation
     (``low``, ``high``, an interior point, each choice, the fixed value) is applied to ``base``
     with :func:`~lossearch.config.apply_overrides` under every family it applies to and
     validated with :func:`~lossearch.config.validate` (the loss section through
-    ``lossearch.losses.normalize_spec``; while that package is missing, loss parameter names
-    are checked against :data:`LOSS_PARAMS` instead).
+    ``lossearch.losses.normalize_spec``).
 """
 
 from __future__ import annotations
@@ -131,27 +130,11 @@ from lossearch.config import (
     validate,
 )
 from lossearch.errors import LossearchError
+from lossearch.losses.registry import LOSSES
 
 #: The loss registry's names; ``loss.family`` takes one of them.
-LOSS_FAMILIES: tuple[str, ...] = (
-    "ce", "focal", "lovasz", "gdice", "sadl", "tversky", "poly1", "answer_ce", "dft",
-    "prob_power",
-)
-
-#: Each family's parameters besides ``weight``; used to check names while
-#: ``lossearch.losses.normalize_spec`` is not importable.
-LOSS_PARAMS: dict[str, frozenset[str]] = {
-    "ce": frozenset({"label_smoothing"}),
-    "focal": frozenset({"gamma", "alpha"}),
-    "lovasz": frozenset({"classes"}),
-    "gdice": frozenset({"classes", "smooth", "batch"}),
-    "sadl": frozenset({"alpha", "gamma"}),
-    "tversky": frozenset({"alpha", "beta", "classes", "smooth"}),
-    "poly1": frozenset({"epsilon"}),
-    "answer_ce": frozenset(),
-    "dft": frozenset(),
-    "prob_power": frozenset({"alpha"}),
-}
+#: The registered loss families, in registry order (``lossearch.losses.LOSSES``).
+LOSS_FAMILIES: tuple[str, ...] = tuple(LOSSES)
 
 SAMPLERS: tuple[str, ...] = ("tpe", "random", "grid")
 SCHEDULERS: tuple[str, ...] = ("asha", "fifo")
@@ -963,44 +946,13 @@ class SearchSpace:
 # --------------------------------------------------------------------------- loading
 
 
-def _normalize_spec_available() -> bool:
-    try:
-        from lossearch.losses import normalize_spec  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-def _check_tree(tree: dict[str, Any], full: bool) -> None:
-    """Validate a config tree; without ``lossearch.losses``, the loss names only."""
-    if full:
-        validate(tree)
-        return
-    validate({k: v for k, v in tree.items() if k != "loss"})
-    loss = tree.get("loss")
-    if not isinstance(loss, Mapping):
-        return
-    for comp, entry in loss.items():
-        if isinstance(entry, Mapping) and comp not in LOSS_FAMILIES:
-            raise LossearchError(
-                f"config key 'loss.{comp}': unknown loss family (known: {', '.join(LOSS_FAMILIES)})"
-            )
-        if comp in LOSS_PARAMS and isinstance(entry, Mapping):
-            for name in entry:
-                if name != "weight" and name not in LOSS_PARAMS[comp]:
-                    known = ", ".join(sorted(LOSS_PARAMS[comp] | {"weight"}))
-                    raise LossearchError(
-                        f"config key 'loss.{comp}.{name}': unknown key (known: {known})"
-                    )
-
-
-def _probe_family(base: dict[str, Any], fam: Family, full: bool) -> None:
+def _probe_family(base: dict[str, Any], fam: Family) -> None:
     """Apply every probe value of ``fam``'s parameters to ``base`` and validate."""
     rep = _mix_rep(fam.mix) if fam.mix is not None else None
 
     def check(flat: dict[str, Any], p: Param | None) -> None:
         try:
-            _check_tree(_apply_flat(base, flat), full)
+            validate(_apply_flat(base, flat))
         except LossearchError as err:
             msg = f"{p.path if p else fam.path}: {err}"
             if p is not None and p.kind == "float" and "valid integer" in msg:
@@ -1188,17 +1140,16 @@ def load_space(
         }
         base = apply_overrides(base, base_items)
 
-    full = _normalize_spec_available()
     try:
-        _check_tree(base, full)
+        validate(base)
     except LossearchError as err:
         raise LossearchError(f"base: {err}") from None
     for fam in families:
-        _probe_family(base, fam, full)
+        _probe_family(base, fam)
     if grid_raw is not None:
         for i, flat in enumerate(points):
             try:
-                _check_tree(_apply_flat(base, flat), full)
+                validate(_apply_flat(base, flat))
             except LossearchError as err:
                 raise LossearchError(f"grid[{i}]: {err}") from None
 
