@@ -34,7 +34,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict
 
 from lossearch.errors import LossearchError
-from lossearch.search.driver import is_uri, join_uri, read_search_file
+from lossearch.search.driver import read_search_file
+from lossearch.storage import file_exists, is_uri, join_uri, read_text, write_text
 
 CONFIRM_DIR = "confirm"
 PLAN_FILE = "confirm.yaml"
@@ -65,36 +66,6 @@ class ConfirmPlan(BaseModel):
     seeds: list[int]
     top_k: int
     runs: list[PlannedRun]
-
-
-# --------------------------------------------------------------------------- files
-
-
-def _write_text(dir_path: str, name: str, text: str) -> None:
-    """Write ``dir_path/name`` (local directory or URI); local writes are atomic."""
-    if is_uri(dir_path):
-        import pyarrow.fs as pafs
-
-        fs, root = pafs.FileSystem.from_uri(dir_path)
-        fs.create_dir(root, recursive=True)
-        with fs.open_output_stream(f"{root.rstrip('/')}/{name}") as f:
-            f.write(text.encode())
-        return
-    folder = Path(dir_path)
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f".{name}.tmp"
-    tmp.write_text(text)
-    tmp.replace(folder / name)
-
-
-def _exists(dir_path: str, name: str) -> bool:
-    if is_uri(dir_path):
-        import pyarrow.fs as pafs
-
-        fs, root = pafs.FileSystem.from_uri(dir_path)
-        info = fs.get_file_info(f"{root.rstrip('/')}/{name}")
-        return info.type == pafs.FileType.File
-    return Path(dir_path, name).is_file()
 
 
 # --------------------------------------------------------------------------- the plan
@@ -164,6 +135,8 @@ def run_confirm_trial(
 
     run = PlannedRun.model_validate(runs[config["run"]])
     cfg = validate(run.config)
+    # validation once, after the last epoch: a confirm run selects nothing along the way
+    cfg.eval.every_epochs = cfg.optim.epochs
     t0 = time.time()
     trainer = build_trainer(
         cfg,
@@ -184,7 +157,7 @@ def run_confirm_trial(
     with result.checkpoint.as_directory() as ckpt:
         _, history = read_state(ckpt)
         for seed in run.seeds:
-            _write_text(run_dir, record_name(seed), Path(ckpt, record_name(seed)).read_text())
+            write_text(run_dir, record_name(seed), Path(ckpt, record_name(seed)).read_text())
     last = history[-1]
     per_seed = {seed: seed_metrics(last, seed) for seed in run.seeds}
     record = {
@@ -202,7 +175,7 @@ def run_confirm_trial(
         "test": {str(seed): m[1] for seed, m in per_seed.items()},
         "lr_edge": run.lr_edge,
     }
-    _write_text(run_dir, RESULT_FILE, json.dumps(record, indent=1) + "\n")
+    write_text(run_dir, RESULT_FILE, json.dumps(record, indent=1) + "\n")
 
 
 _NOT_EVAL = ("loss", "tokens_per_s", "epoch")
@@ -254,15 +227,15 @@ def confirm(
     asking for others is an error (use another experiment copy) rather than a silent mix.
     """
     from lossearch.preflight import preflight
-    from lossearch.search.driver import _local_ray
+    from lossearch.search.driver import _fit
     from lossearch.train import check_ray_address
 
     if not is_uri(exp):
         exp = str(Path(exp).resolve())
     new = plan(exp, seeds=seeds, top_k=top_k, metric=metric)
     root = confirm_path(exp)
-    if _exists(root, PLAN_FILE):
-        old = ConfirmPlan.model_validate(yaml.safe_load(_read_text(root, PLAN_FILE)))
+    if file_exists(root, PLAN_FILE):
+        old = ConfirmPlan.model_validate(yaml.safe_load(read_text(root, PLAN_FILE)))
         if (old.seeds, old.top_k, old.metric) != (new.seeds, new.top_k, new.metric):
             raise LossearchError(
                 f"{root} already holds a confirm with seeds {old.seeds}, top {old.top_k}, "
@@ -274,22 +247,28 @@ def confirm(
 
     preflight(validate(new.runs[0].config), test=True)  # the test split exists, before Ray
     check_ray_address(address)
-    _write_text(root, PLAN_FILE, yaml.safe_dump(new.model_dump(), sort_keys=False))
+    write_text(root, PLAN_FILE, yaml.safe_dump(new.model_dump(), sort_keys=False))
     runs_path = join_uri(root, "runs")
-    todo = [r for r in new.runs if not _exists(join_uri(runs_path, r.id), RESULT_FILE)]
+    todo = [r for r in new.runs if not file_exists(join_uri(runs_path, r.id), RESULT_FILE)]
     if announce:
         done = len(new.runs) - len(todo)
         announce(
-            f"confirm: {len(new.runs)} runs ({len(new.runs) // max(new.top_k, 1)} families x "
-            f"top {new.top_k}) x seeds {new.seeds} on the test split"
+            f"confirm: {len(new.runs)} runs ({len({r.family for r in new.runs})} families, "
+            f"top {new.top_k} each) x seeds {new.seeds} on the test split"
             + (f"; {done} already done" if done else "")
         )
     if todo:
         meta = read_search_file(exp)
-        _local_ray(address)
-        _tune_runs(todo, runs_path, root, max_concurrent or int(meta.get("max_concurrent", 2)),
-                   max_failures, verbose)
-    missing = [r.id for r in new.runs if not _exists(join_uri(runs_path, r.id), RESULT_FILE)]
+        concurrent = max_concurrent or int(meta.get("max_concurrent", 2))
+        _fit(
+            root,
+            address,
+            lambda: _tuner(todo, runs_path, root, concurrent, max_failures, verbose),
+            resume_hint=f"continue with: lossearch confirm {exp} --seeds {len(new.seeds)} "
+            f"--top {new.top_k}",
+            unit="confirm run",
+        )
+    missing = [r.id for r in new.runs if not file_exists(join_uri(runs_path, r.id), RESULT_FILE)]
     if missing:
         raise LossearchError(
             f"confirm runs did not finish: {', '.join(missing)} (re-run lossearch confirm to "
@@ -298,20 +277,11 @@ def confirm(
     return new
 
 
-def _read_text(dir_path: str, name: str) -> str:
-    if is_uri(dir_path):
-        import pyarrow.fs as pafs
-
-        fs, root = pafs.FileSystem.from_uri(dir_path)
-        with fs.open_input_stream(f"{root.rstrip('/')}/{name}") as f:
-            return f.read().decode()
-    return Path(dir_path, name).read_text()
-
-
-def _tune_runs(
+def _tuner(
     todo: list[PlannedRun], runs_path: str, root: str, max_concurrent: int,
     max_failures: int, verbose: int,
-) -> None:
+) -> Any:
+    """A Tune grid with one trial per confirm run, at most ``max_concurrent`` at once."""
     from ray import tune
 
     fn = tune.with_parameters(
@@ -320,7 +290,7 @@ def _tune_runs(
         runs_path=runs_path,
         max_failures=max_failures,
     )
-    tuner = tune.Tuner(
+    return tune.Tuner(
         tune.with_resources(fn, {"CPU": 0.01}),
         param_space={"run": tune.grid_search([r.id for r in todo])},
         tune_config=tune.TuneConfig(max_concurrent_trials=max(1, max_concurrent)),
@@ -331,4 +301,3 @@ def _tune_runs(
             verbose=verbose,
         ),
     )
-    tuner.fit()

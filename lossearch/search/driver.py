@@ -23,22 +23,13 @@ from typing import Any
 import yaml
 
 from lossearch.errors import LossearchError
+from lossearch.storage import is_uri, join_uri, read_text, write_text
 
 SEARCH_FILE = "lossearch_search.yaml"
 
 
 class TrialDiverged(RuntimeError):
     """A trial's loss became NaN or infinite; the trial is recorded as errored."""
-
-
-def join_uri(base: str, *parts: str) -> str:
-    """Join a local path or a URI (``s3://b/p``) with ``/``; a ``?query`` stays at the end."""
-    path, sep, query = base.partition("?") if is_uri(base) else (base, "", "")
-    return "/".join([path.rstrip("/"), *parts]) + sep + query
-
-
-def is_uri(path: str) -> bool:
-    return "://" in path
 
 
 def run_trial(
@@ -147,44 +138,16 @@ def _local_ray(address: str | None) -> None:
 
 
 def write_search_file(exp_path: str, meta: dict[str, Any]) -> None:
-    """Write ``lossearch_search.yaml`` into the experiment directory (local or URI)."""
-    text = yaml.safe_dump(meta, sort_keys=False)
-    if is_uri(exp_path):
-        import pyarrow.fs as pafs
-
-        fs, root = pafs.FileSystem.from_uri(exp_path)
-        fs.create_dir(root, recursive=True)
-        with fs.open_output_stream(f"{root}/{SEARCH_FILE}") as f:
-            f.write(text.encode())
-        return
-    # Atomic: a full disk or a quota leaves no half-written file (nor a new empty folder).
-    exp = Path(exp_path)
-    created = not exp.exists()
-    tmp = exp / f".{SEARCH_FILE}.tmp"
-    try:
-        exp.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(text)
-        os.replace(tmp, exp / SEARCH_FILE)
-    except OSError:
-        if exp.is_dir():
-            tmp.unlink(missing_ok=True)
-            if created and not any(exp.iterdir()):
-                exp.rmdir()
-        raise
+    """Write ``lossearch_search.yaml`` into the experiment directory (local or URI), atomically
+    where local (see :func:`lossearch.storage.write_text`)."""
+    write_text(exp_path, SEARCH_FILE, yaml.safe_dump(meta, sort_keys=False))
 
 
 def read_search_file(exp_path: str) -> dict[str, Any]:
     """Read ``lossearch_search.yaml``; a path without one is not a lossearch experiment."""
     try:
-        if is_uri(exp_path):
-            import pyarrow.fs as pafs
-
-            fs, root = pafs.FileSystem.from_uri(exp_path)
-            with fs.open_input_stream(f"{root.rstrip('/')}/{SEARCH_FILE}") as f:
-                text = f.read().decode()
-        else:
-            text = Path(exp_path, SEARCH_FILE).read_text()
-    except (OSError, FileNotFoundError):
+        text = read_text(exp_path, SEARCH_FILE)
+    except OSError:
         raise LossearchError(f"not a lossearch experiment (no {SEARCH_FILE}): {exp_path}") from None
     return yaml.safe_load(text)
 
@@ -475,13 +438,20 @@ def _stop_tune() -> bool:
     return True
 
 
-def _fit(exp_path: str, address: str | None, make_tuner: Callable[[], Any]) -> None:
+def _fit(
+    exp_path: str,
+    address: str | None,
+    make_tuner: Callable[[], Any],
+    resume_hint: str | None = None,
+    unit: str = "trial",
+) -> None:
     """Start Ray and run the tuner ``make_tuner()`` builds; a stop signal stops it gracefully.
 
     With the ``lossearch`` command's signal handling (:func:`lossearch.interrupt.
-    catch_stop_signals`), SIGINT or SIGTERM ends the search with
-    :class:`~lossearch.interrupt.Interrupted`, whose detail counts the finished trials and
-    names the ``lossearch resume`` command; the experiment stays resumable.
+    catch_stop_signals`), SIGINT or SIGTERM ends the run with
+    :class:`~lossearch.interrupt.Interrupted`, whose detail counts the finished trials (or
+    other ``unit``) and says how to go on (``resume_hint``, by default the ``lossearch
+    resume`` command); the experiment stays resumable.
     """
     from lossearch.interrupt import (
         Interrupted,
@@ -490,7 +460,7 @@ def _fit(exp_path: str, address: str | None, make_tuner: Callable[[], Any]) -> N
         interrupted,
     )
 
-    resume_hint = f"resume with: lossearch resume {exp_path}"
+    resume_hint = resume_hint or f"resume with: lossearch resume {exp_path}"
     disabled = os.environ.get("TUNE_DISABLE_SIGINT_HANDLER")
     if catching_stop_signals():
         # Tune's own SIGINT handler would replace lossearch's; its SIGUSR1 one stays
@@ -510,4 +480,4 @@ def _fit(exp_path: str, address: str | None, make_tuner: Callable[[], Any]) -> N
     if stop.signum is not None:
         # the trials Tune stopped count as terminated too: finished ones reported done
         n = sum(1 for r in grid if r.error is None and (r.metrics or {}).get("done"))
-        raise Interrupted(stop.signum, f"{n} trial{'s' * (n != 1)} finished; {resume_hint}")
+        raise Interrupted(stop.signum, f"{n} {unit}{'s' * (n != 1)} finished; {resume_hint}")

@@ -112,7 +112,8 @@ def confirmed_winner(exp: str, mode: str | None = None) -> dict[str, Any] | None
     import pandas as pd
 
     from lossearch.config import validate
-    from lossearch.search.driver import join_uri, read_search_file
+    from lossearch.search.driver import read_search_file
+    from lossearch.storage import join_uri
 
     verdict_path = Path(join_uri(exp, "confirm", "verdict.csv"))
     if "://" in exp or not verdict_path.is_file():

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lossearch.search.driver import is_uri, read_search_file
+from lossearch.search.driver import read_search_file
+from lossearch.storage import is_uri
 
 
 def best_config_path(exp: str) -> Path:

@@ -5,9 +5,15 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from lossearch.search.driver import join_uri
+from lossearch.storage import join_uri
 
 VERDICT_FILE = "verdict.csv"
+
+
+def _p(value: Any) -> str:
+    if not (isinstance(value, float) and math.isfinite(value)):
+        return "-"
+    return "<0.001" if value < 0.001 else f"{value:.3f}"
 
 
 def _fmt(value: Any, digits: int = 3) -> str:
@@ -23,12 +29,16 @@ def finish_confirm(exp: str, metric: str) -> Any:
     from rich.table import Table
 
     from analysis import format_delta, load_confirmed, verdict
+    from analysis.verdict import BASELINE, CONTROL
 
     table = verdict(load_confirmed([exp]), metric)
     path = join_uri(exp, "confirm", VERDICT_FILE)
     with _open_output(path) as fh:
         fh.write(table.to_csv(index=False).encode())
+    # intervals make wide rows: keep them on one line when the output is a pipe or a log
     console = Console()
+    if not console.is_terminal:
+        console = Console(width=120)
     for (task, model), group in table.groupby(["task", "model"], sort=False):
         n_seeds = int(group["n_seeds"].max())
         n_questions = int(group["n_questions"].max())
@@ -43,9 +53,9 @@ def finish_confirm(exp: str, metric: str) -> Any:
                 str(int(row["rank"])),
                 str(row["loss"]) + (" (lr at edge)" if bool(row["lr_edge"]) else ""),
                 f"{_fmt(row['mean'])} [{_fmt(row['ci_low'])}, {_fmt(row['ci_high'])}]",
-                format_delta(row),
-                _fmt(row["p_holm"]),
-                format_delta(row, against="control"),
+                "baseline" if row["loss"] == BASELINE else format_delta(row),
+                _p(row["p_holm"]),
+                "control" if row["loss"] == CONTROL else format_delta(row, against="control"),
             )
         console.print(out)
     if table["lr_edge"].astype(bool).any():

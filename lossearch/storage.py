@@ -1,0 +1,73 @@
+"""Small files in a folder that is a local path or a URI (``s3://bucket/prefix?...``).
+
+The experiment directory, its ``lossearch_search.yaml`` and the confirm stage's files are
+read and written through these four functions, so every caller treats a local folder and an
+object store alike. A URI goes through ``pyarrow.fs`` (credentials and endpoint from the
+standard AWS environment); a ``?query`` stays at the end of the joined URI.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def is_uri(path: str) -> bool:
+    """True for ``scheme://...`` (S3, GCS, ...), False for a local path."""
+    return "://" in path
+
+
+def join_uri(base: str, *parts: str) -> str:
+    """Join a local path or a URI with ``/``; a URI's ``?query`` stays at the end."""
+    path, sep, query = base.partition("?") if is_uri(base) else (base, "", "")
+    return "/".join([path.rstrip("/"), *parts]) + sep + query
+
+
+def write_text(folder: str, name: str, text: str) -> None:
+    """Write ``folder/name``, creating the folder.
+
+    Locally the write is atomic (a temporary file, then a rename): a full disk or a quota
+    leaves no half-written file, nor a folder this call created and left empty.
+    """
+    if is_uri(folder):
+        import pyarrow.fs as pafs
+
+        fs, root = pafs.FileSystem.from_uri(folder)
+        fs.create_dir(root, recursive=True)
+        with fs.open_output_stream(f"{root.rstrip('/')}/{name}") as f:
+            f.write(text.encode())
+        return
+    where = Path(folder)
+    created = not where.exists()
+    tmp = where / f".{name}.tmp"
+    try:
+        where.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(text)
+        os.replace(tmp, where / name)
+    except OSError:
+        if where.is_dir():
+            tmp.unlink(missing_ok=True)
+            if created and not any(where.iterdir()):
+                where.rmdir()
+        raise
+
+
+def read_text(folder: str, name: str) -> str:
+    """The text of ``folder/name``; ``OSError`` (``FileNotFoundError`` locally) when absent."""
+    if is_uri(folder):
+        import pyarrow.fs as pafs
+
+        fs, root = pafs.FileSystem.from_uri(folder)
+        with fs.open_input_stream(f"{root.rstrip('/')}/{name}") as f:
+            return f.read().decode()
+    return Path(folder, name).read_text()
+
+
+def file_exists(folder: str, name: str) -> bool:
+    """True when ``folder/name`` is a file."""
+    if is_uri(folder):
+        import pyarrow.fs as pafs
+
+        fs, root = pafs.FileSystem.from_uri(folder)
+        return fs.get_file_info(f"{root.rstrip('/')}/{name}").type == pafs.FileType.File
+    return Path(folder, name).is_file()
