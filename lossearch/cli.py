@@ -135,6 +135,11 @@ def _confirm(exp: str, **kwargs: object) -> None:
 
     done = run_confirm(exp, announce=typer.echo, **kwargs)  # type: ignore[arg-type]
     finish_confirm(exp, done.metric)
+    from lossearch.search.export import export_best
+    from lossearch.search.report import best_config_path
+
+    path = export_best(exp, out=best_config_path(exp))[0]
+    typer.echo(f"confirmed winner's config: {path}")
 
 
 @app.command()

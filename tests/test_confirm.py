@@ -72,6 +72,9 @@ def test_search_never_reads_test_and_confirm_scores_it(searched: Path) -> None:
                          cwd=searched, timeout=400)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "on the test split" in done.stdout
+    # the experiment's best.yaml is now the confirmed winner's config
+    assert f"confirmed winner's config: {exp / 'best.yaml'}" in done.stdout
+    assert "confirmed on the test split" in (exp / "best.yaml").read_text().splitlines()[0]
     plan = yaml.safe_load((exp / "confirm" / "confirm.yaml").read_text())
     assert {r["family"] for r in plan["runs"]} == {"ce", "focal"}
     assert plan["seeds"] == [0, 1]
