@@ -33,7 +33,7 @@ import pandas as pd
 import pyarrow.fs as pafs
 import yaml
 
-from analysis.load import _locate, is_uri
+from analysis.load import _get, _locate, is_uri
 from lossearch.errors import LossearchError
 
 CONFIRM_DIR = "confirm"
@@ -69,15 +69,6 @@ def _as_float(value: Any) -> float:
     if isinstance(value, bool):
         return float(value)
     return float(value) if _is_number(value) else math.nan
-
-
-def _get(tree: Any, dotted: str) -> Any:
-    node = tree
-    for part in dotted.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return None
-        node = node[part]
-    return node
 
 
 def _file_location(exp_display: str, exp_root: str, uri: bool, *parts: str) -> str:
