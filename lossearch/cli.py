@@ -250,9 +250,27 @@ def main() -> None:
 
 
 def _exit_interrupted(stop: Interrupted) -> None:
-    """Print ``interrupted — <detail>`` and exit 128 + the signal (130 SIGINT, 143 SIGTERM)."""
+    """Print ``interrupted — <detail>`` and exit 128 + the signal (130 SIGINT, 143 SIGTERM).
+
+    Ray is shut down first, with this process's output muted: its workers, stopped by
+    SIGTERM, may print a traceback from their own SIGTERM handler, which the driver's log
+    subscriber would forward after the one line.
+    """
+    _shutdown_ray_quietly()
     typer.echo("interrupted" + (f" — {stop.detail}" if stop.detail else ""), err=True)
     sys.exit(stop.exit_code)
+
+
+def _shutdown_ray_quietly() -> None:
+    import contextlib
+    import os
+
+    ray = sys.modules.get("ray")
+    if ray is None or not ray.is_initialized():
+        return
+    with open(os.devnull, "w") as null, contextlib.redirect_stdout(null), \
+            contextlib.redirect_stderr(null):
+        ray.shutdown()
 
 
 if __name__ == "__main__":
