@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from lossearch.storage import join_uri
+from lossearch.storage import join_uri, write_text
 
 VERDICT_FILE = "verdict.csv"
 
@@ -32,9 +32,8 @@ def finish_confirm(exp: str, metric: str) -> Any:
     from analysis.verdict import BASELINE, CONTROL
 
     table = verdict(load_confirmed([exp]), metric)
+    write_text(join_uri(exp, "confirm"), VERDICT_FILE, table.to_csv(index=False))
     path = join_uri(exp, "confirm", VERDICT_FILE)
-    with _open_output(path) as fh:
-        fh.write(table.to_csv(index=False).encode())
     # intervals make wide rows: keep them on one line when the output is a pipe or a log
     console = Console()
     if not console.is_terminal:
@@ -66,11 +65,3 @@ def finish_confirm(exp: str, metric: str) -> Any:
     console.print(f"verdict: {path}", soft_wrap=True)
     return table
 
-
-def _open_output(path: str) -> Any:
-    if "://" in path:
-        import pyarrow.fs as pafs
-
-        fs, root = pafs.FileSystem.from_uri(path)
-        return fs.open_output_stream(root)
-    return open(path, "wb")  # noqa: SIM115 - returned to a with-block
