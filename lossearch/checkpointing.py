@@ -66,3 +66,25 @@ def restore_replica(directory: str | Path, rep: Any) -> None:
     scaler = getattr(rep, "scaler", None)
     if scaler is not None and "scaler" in state:
         scaler.load_state_dict(state["scaler"])
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    """The ``checkpoint_*`` directory of ``run_dir`` that holds the most finished epochs.
+
+    Works for both layouts lossearch writes: a Ray Train run directory and a run written by
+    :func:`lossearch.fit.fit` without Ray. Only complete checkpoints count (``state.json`` is
+    written last); ties go to the newest name. None when there is none.
+    """
+    best: tuple[int, str, Path] | None = None
+    for sub in Path(run_dir).glob("checkpoint_*"):
+        state_file = sub / "state.json"
+        if not state_file.is_file():
+            continue
+        try:
+            epoch = int(json.loads(state_file.read_text())["epoch"])
+        except (ValueError, KeyError, TypeError):
+            continue
+        key = (epoch, sub.name, sub)
+        if best is None or key[:2] > best[:2]:
+            best = key
+    return best[2] if best else None
