@@ -66,7 +66,7 @@ def train(
 ) -> None:
     """Fine-tune once with a config (for example one written by `lossearch export`)."""
     from lossearch.config import load_config
-    from lossearch.train import summary_line
+    from lossearch.fit import summary_line
     from lossearch.train import train as run_train
 
     cfg = load_config(config, overrides or [])
@@ -181,12 +181,33 @@ def export(
     mode: str = typer.Option(None, "--mode", help="max or min (default: the search's)."),
     out: str = typer.Option("best.yaml", "--out", help="Where to write the config."),
     per_loss: bool = typer.Option(False, "--per-loss", help="One file per loss family."),
+    model: str = typer.Option(
+        None, "--model", help="Write the best model's weights to this Hugging Face directory."
+    ),
+    merge: bool = typer.Option(False, "--merge", help="--model: merge LoRA into a full model."),
 ) -> None:
-    """Write the best trial's complete training config for `lossearch train`."""
-    from lossearch.search.export import export_best
+    """Write the best trial's complete training config for `lossearch train`.
 
-    for path in export_best(experiment, metric=metric, mode=mode, out=out, per_loss=per_loss):
-        typer.echo(str(path))
+    With --model DIR, write the best model instead: LoRA adapter (or full weights), tokenizer
+    and lossearch.yaml (config and metrics).
+    """
+    if model is None:
+        if merge:
+            raise LossearchError("--merge needs --model DIR")
+        from lossearch.search.export import export_best
+
+        for path in export_best(experiment, metric=metric, mode=mode, out=out, per_loss=per_loss):
+            typer.echo(str(path))
+        return
+    if per_loss:
+        raise LossearchError("--model exports one model: leave out --per-loss")
+    from lossearch.search.export_model import export_model
+
+    info = export_model(experiment, model, merge=merge, metric=metric, mode=mode)
+    typer.echo(
+        f"{model}: {info['weights']} weights of {info['family']} (trial {info['trial_id']}, "
+        f"seed {info['seed']}, epoch {info['epoch']})"
+    )
 @app.command()
 def analyze(
     experiments: list[str] = typer.Argument(..., help="Experiment directories or URIs."),

@@ -94,13 +94,17 @@ def best_configs(
     return out
 
 
-def _write(entry: dict[str, Any], path: Path) -> None:
-    header = (
+def search_header(entry: dict[str, Any]) -> str:
+    """The first comment line of an export of a search trial (a :func:`best_configs` entry)."""
+    return (
         f"# lossearch export: trial {entry['trial_id']} ({entry['family']}), "
         f"final {entry['metric']} {entry['seed_value']:.4f} with seed {entry['config'].seed} "
         f"(mean over the trial's seeds {entry['trial_mean']:.4f})\n"
-        f"# re-run with: lossearch train --config {path.name}\n"
     )
+
+
+def _write(entry: dict[str, Any], path: Path) -> None:
+    header = search_header(entry) + f"# re-run with: lossearch train --config {path.name}\n"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(header + yaml.safe_dump(entry["config"].to_dict(), sort_keys=False))
 
@@ -130,12 +134,22 @@ def confirmed_winner(exp: str, mode: str | None = None) -> dict[str, Any] | None
         "config": cfg,
         "family": str(top["loss"]),
         "trial_id": str(top["config_id"]),
+        "run_id": run_id,
         "header": (
             f"# lossearch export: {top['loss']} (trial {top['config_id']}), confirmed on the "
             f"test split: mean {top['mean']:.4f} [{top['ci_low']:.4f}, {top['ci_high']:.4f}] "
             f"over {int(top['n_seeds'])} seeds and {int(top['n_questions'])} questions\n"
         ),
     }
+
+
+def pick_winner(exp: str, metric: str | None = None, mode: str | None = None) -> dict[str, Any]:
+    """What :func:`export_best` exports without ``per_loss``: the confirmed winner (an entry
+    with ``run_id``, the confirm run's folder name) when a verdict exists and no other
+    ``metric`` is asked for, else the search's best trial (a :func:`best_configs` entry).
+    """
+    winner = None if metric else confirmed_winner(exp, mode)
+    return winner if winner is not None else best_configs(exp, metric, mode)[0]
 
 
 def export_best(
@@ -152,8 +166,8 @@ def export_best(
     ``metric`` is asked for), else the search's best by validation.
     """
     out = Path(out)
-    winner = None if per_loss or metric else confirmed_winner(exp, mode)
-    if winner is not None:
+    winner = None if per_loss else pick_winner(exp, metric, mode)
+    if winner is not None and "run_id" in winner:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(
             winner["header"] + f"# re-run with: lossearch train --config {out.name}\n"
@@ -161,7 +175,7 @@ def export_best(
         )
         return [out]
     written = []
-    for entry in best_configs(exp, metric, mode, per_loss):
+    for entry in [winner] if winner is not None else best_configs(exp, metric, mode, per_loss):
         path = out.with_name(f"{out.stem}-{entry['family']}{out.suffix}") if per_loss else out
         _write(entry, path)
         written.append(path)
