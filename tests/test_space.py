@@ -416,28 +416,50 @@ def test_resolved_base_round_trip() -> None:
 @pytest.mark.parametrize(
     ("space", "match"),
     [
-        ({"loss.family": {"choices": ["ce", "focl"]}}, r"choices > focl: unknown loss family"),
-        ({"loss.family": {"choices": {"ce": {}, "dice": {}}}}, r"choices > dice: unknown loss"),
-        ({"loss.family": "dice"}, r"space > loss.family: unknown loss family 'dice'"),
-        ({"loss.family": {"choices": []}}, r"space > loss.family: empty choice list"),
-        ({"optim.lr": {"log": True}}, r"space > optim.lr: no range"),
-        ({"optim.lr": {}}, r"space > optim.lr: no range"),
-        ({"optim.lr": {"choices": []}}, r"space > optim.lr: empty choice list"),
-        ({"optim.lr": {"low": 0.1, "high": 0.01}}, r"space > optim.lr: low \(0.1\) > high"),
-        ({"optim.lr": {"low": 0.0, "high": 0.1, "log": True}}, r"optim.lr: log needs low > 0"),
-        ({"optim.lr": {"low": 0.1}}, r"space > optim.lr: a range needs both"),
-        ({"optim.lr": {"lo": 0.1, "high": 1}}, r"space > optim.lr: unknown field 'lo'"),
-        ({"optim.lr": {"choices": [1, 1]}}, r"optim.lr: choice 1 is listed twice"),
+        (
+            {"loss.family": {"choices": ["ce", "focl"]}},
+            r"config key 'space.loss.family': unknown loss family 'focl'",
+        ),
+        (
+            {"loss.family": {"choices": {"ce": {}, "dice": {}}}},
+            r"config key 'space.loss.family': unknown loss family 'dice'",
+        ),
+        ({"loss.family": "dice"}, r"config key 'space.loss.family': unknown loss family 'dice'"),
+        ({"loss.family": {"choices": []}}, r"config key 'space.loss.family': empty choice list"),
+        ({"optim.lr": {"log": True}}, r"config key 'space.optim.lr': no range"),
+        ({"optim.lr": {}}, r"config key 'space.optim.lr': no range"),
+        ({"optim.lr": {"choices": []}}, r"config key 'space.optim.lr.choices': empty choice list"),
+        (
+            {"optim.lr": {"low": 0.1, "high": 0.01}},
+            r"config key 'space.optim.lr': `low <= high` must hold, but got \(low=0.1, high=0.01\)",
+        ),
+        (
+            {"optim.lr": {"low": 0.0, "high": 0.1, "log": True}},
+            r"config key 'space.optim.lr': `low > 0` must hold for `log=True`",
+        ),
+        (
+            {"optim.lr": {"low": 0.1}},
+            r"config key 'space.optim.lr': a range needs both low and high",
+        ),
+        ({"optim.lr": {"lo": 0.1, "high": 1}}, r"config key 'space.optim.lr.lo': unknown key"),
+        (
+            {"optim.lr": {"choices": [1, 1]}},
+            r"config key 'space.optim.lr.choices': choice 1 is listed twice",
+        ),
         ({"optim.lrr": {"low": 0.1, "high": 0.2}}, r"space > optim.lrr: .*unknown key"),
         ({"optim.lr": {"low": -1.0, "high": 0.2}}, r"space > optim.lr: config key 'optim.lr'"),
         ({"optim.epochs": {"low": 1, "high": 5}}, r"space > optim.epochs: .*type: int"),
-        ({"optim.epochs": {"low": 1, "high": 6, "step": 2, "type": "int"}}, r"does not divide"),
+        (
+            {"optim.epochs": {"low": 1, "high": 6, "step": 2, "type": "int"}},
+            r"config key 'space.optim.epochs': step 2 does not divide \[1, 6\]",
+        ),
         ({"loss.focl.gamma": 1.0}, r"space > loss.focl.gamma: unknown loss family 'focl'"),
         ({"loss.tversky.alpha": 0.5}, r"'tversky' is not one of the loss.family choices"),
         ({"loss.focal.weight": 0.5}, r"space > loss.focal.weight: .*derived"),
         ({"loss.ce.weight": 1.0}, r"space > loss.ce.weight: the CE mixing weight"),
         ({"loss.ce.weight": {"low": 0.0, "high": 1.5}}, r"loss.ce.weight: the CE mixing weight"),
-        ({"loss.focal": {"gamma": 1.0}}, r"space > loss.focal: choose loss components"),
+        ({"loss.focal": {"gamma": 1.0}}, r"config key 'space.loss.focal.gamma': unknown key"),
+        ({"loss.focal": 1.0}, r"space > loss.focal: choose loss components"),
         ({"seeds": [1, 2]}, r"space > seeds: 'seeds' is reserved"),
     ],
 )
@@ -454,7 +476,10 @@ def test_family_block_errors() -> None:
 
     with pytest.raises(LossearchError, match=r"choices > focal > loss.tversky.alpha: .*'tversky'"):
         load_space(family_space({"loss.tversky.alpha": 0.5}))
-    with pytest.raises(LossearchError, match=r"choices > focal > loss.focal.gamma: low"):
+    with pytest.raises(
+        LossearchError,
+        match=r"config key 'space.loss.family.choices.focal.loss.focal.gamma': `low <= high`",
+    ):
         load_space(family_space({"loss.focal.gamma": {"low": 3.0, "high": 1.0}}))
     ce_weight = {"space": {"loss.family": {"choices": {"ce": {"loss.ce.weight": 0.5}}}}}
     with pytest.raises(LossearchError, match=r"choices > ce > loss.ce.weight: CE alone"):
@@ -478,11 +503,14 @@ def test_file_level_errors(tmp_path: Path) -> None:
         load_space(bad)
     with pytest.raises(LossearchError, match="file not found"):
         load_space(tmp_path / "missing.yaml")
-    with pytest.raises(LossearchError, match=r"^spaces: unknown top-level key"):
+    with pytest.raises(LossearchError, match=r"^config key 'spaces': unknown key"):
         load_space({"spaces": {}})
-    with pytest.raises(LossearchError, match=r"search > samplr: unknown key"):
+    with pytest.raises(LossearchError, match=r"^config key 'search.samplr': unknown key"):
         load_space({**_minimal(), "search": {"samplr": "tpe"}})
-    with pytest.raises(LossearchError, match=r"search > sampler: one of"):
+    with pytest.raises(
+        LossearchError,
+        match=r"^config key 'search.sampler': Input should be 'tpe', 'random' or 'grid'",
+    ):
         load_space({**_minimal(), "search": {"sampler": "cmaes"}})
     with pytest.raises(LossearchError, match=r"space: 'loss.family' is required"):
         load_space({"space": {"optim.lr": 0.1}})
@@ -644,7 +672,9 @@ def test_per_family_tpe_learns_each_family_from_its_own_trials() -> None:
 
 
 def test_per_family_errors() -> None:
-    with pytest.raises(LossearchError, match=r"^search > per_family: an integer >= 1"):
+    with pytest.raises(
+        LossearchError, match=r"^config key 'search.per_family': Input should be greater than 0"
+    ):
         load_space(_budget_space(0))
     grid = _budget_space(2, sampler="grid")
     grid["space"]["optim.lr"] = {"choices": [0.1, 0.2]}
