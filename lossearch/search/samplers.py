@@ -117,8 +117,6 @@ class PerFamilySampler(BaseSampler):
     """
 
     def __init__(self, families: Sequence[str], samplers: Sequence[BaseSampler]) -> None:
-        if len(families) != len(samplers) or not families:
-            raise ValueError("one sampler per family")
         self._families = tuple(families)
         self._samplers = dict(zip(self._families, samplers, strict=True))
 

@@ -32,7 +32,9 @@ from pydantic import (
     ValidationError,
     field_validator,
     model_validator,
+    with_config,
 )
+from typing_extensions import TypedDict
 
 from lossearch.config import _format_error
 from lossearch.errors import LossearchError
@@ -170,6 +172,12 @@ class SpaceSection(BaseModel):
         return dict(self.__pydantic_extra__)
 
 
+#: A ``first_points`` entry: a flat point (dotted keys -> values) naming its ``loss.family``.
+FirstPoint = with_config(ConfigDict(extra="allow"))(
+    TypedDict("FirstPoint", {"loss.family": Annotated[str, Field(min_length=1)]})
+)
+
+
 class SearchSettings(_Schema):
     """``search``: how to search. ``sampler`` None means grid with a ``grid:``, else tpe."""
 
@@ -185,21 +193,13 @@ class SearchSettings(_Schema):
     max_concurrent: PositiveInt | None = None
     num_seeds: PositiveInt = 1
     n_startup_trials: NonNegativeInt = 10
-    first_points: list[dict[str, Any]] = []
+    first_points: list[FirstPoint] = []
     per_family: PositiveInt | None = None
 
     @field_validator("seed", mode="before")
     @classmethod
     def _no_seed(cls, seed: Any) -> Any:
         return 0 if seed is None else seed
-
-    @field_validator("first_points")
-    @classmethod
-    def _name_family(cls, points: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        for i, point in enumerate(points):
-            if not point.get("loss.family"):
-                raise ValueError(f"point {i} does not name its loss.family")
-        return points
 
 
 class SpaceFile(_Schema):

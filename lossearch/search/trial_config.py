@@ -26,10 +26,6 @@ SEEDS_KEY = "seeds"
 RESERVED_KEYS: frozenset[str] = frozenset({FAMILY_KEY, GRID_KEY, SEEDS_KEY})
 
 
-def is_number(x: Any) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool)
-
-
 def flat_point(family: str, mix: float | None, values: Mapping[str, Any]) -> dict[str, Any]:
     """The flat config of ``family`` at CE mixing weight ``mix`` (None: none) with ``values``."""
     out: dict[str, Any] = {FAMILY_KEY: family}
@@ -57,22 +53,16 @@ def _is_component(name: str, value: Any) -> bool:
     return name in LOSS_FAMILIES or isinstance(value, Mapping)
 
 
-def _component_entry(value: Any) -> dict[str, Any]:
-    if isinstance(value, Mapping):
-        return copy.deepcopy(dict(value))
-    if is_number(value):
-        return {"weight": value}
-    return {}
-
-
-def _loss_section(base_loss: Any, family: str, flat: Mapping[str, Any]) -> dict[str, Any]:
-    """Build the trial's loss section: base settings + CE/family components + their params."""
+def apply_flat(base_tree: Mapping[str, Any], flat: Mapping[str, Any]) -> dict[str, Any]:
+    """The raw (unvalidated) training-config tree of a trial (see :func:`trial_to_config`)."""
+    family = family_of(flat)
     if family not in LOSS_FAMILIES:
         raise LossearchError(
             f"trial config: unknown loss family '{family}' (known: {', '.join(LOSS_FAMILIES)})"
         )
-    base_loss = base_loss if isinstance(base_loss, Mapping) else {}
-    loss = {k: copy.deepcopy(v) for k, v in base_loss.items() if not _is_component(k, v)}
+    tree = copy.deepcopy(dict(base_tree))
+    base_loss = tree["loss"] if isinstance(tree.get("loss"), Mapping) else {}
+    loss = {k: v for k, v in base_loss.items() if not _is_component(k, v)}
     if family == "ce":
         weights = {"ce": flat.get(CE_WEIGHT_KEY, 1.0)}
     else:
@@ -80,37 +70,24 @@ def _loss_section(base_loss: Any, family: str, flat: Mapping[str, Any]) -> dict[
         weights = {"ce": w} if w else {}
         weights[family] = flat.get(f"loss.{family}.weight", _complement(w))
     for comp, weight in weights.items():
-        entry = _component_entry(base_loss.get(comp))
-        entry["weight"] = weight
-        loss[comp] = entry
-    for key, value in flat.items():
-        parts = key.split(".")
-        if parts[0] != "loss" or len(parts) < 3 or parts[1] not in LOSS_FAMILIES:
-            continue
-        comp = parts[1]
-        if parts[2:] == ["weight"] and comp in ("ce", family):
-            continue  # consumed above
-        if comp not in loss:
-            raise LossearchError(
-                f"trial config key '{key}': '{comp}' is not in this trial's loss (family {family})"
-            )
-        set_path(loss[comp], parts[2:], copy.deepcopy(value))
-    return loss
-
-
-def apply_flat(base_tree: Mapping[str, Any], flat: Mapping[str, Any]) -> dict[str, Any]:
-    """The raw (unvalidated) training-config tree of a trial."""
-    family = family_of(flat)
-    tree = copy.deepcopy(dict(base_tree))
-    tree["loss"] = _loss_section(tree.get("loss"), family, flat)
+        entry = base_loss.get(comp)
+        entry = dict(entry) if isinstance(entry, Mapping) else {}  # a number is its weight
+        loss[comp] = {**entry, "weight": weight}
     rest = {}
     for key, value in flat.items():
+        parts = key.split(".")
         if key in RESERVED_KEYS:
             continue
-        parts = key.split(".")
-        if parts[0] == "loss" and len(parts) >= 3 and parts[1] in LOSS_FAMILIES:
-            continue  # handled by _loss_section
-        rest[key] = value
+        if parts[0] != "loss" or len(parts) < 3 or parts[1] not in LOSS_FAMILIES:
+            rest[key] = value
+        elif parts[2:] != ["weight"] or parts[1] not in ("ce", family):  # weights: see above
+            if parts[1] not in loss:
+                raise LossearchError(
+                    f"trial config key '{key}': '{parts[1]}' is not in this trial's loss "
+                    f"(family {family})"
+                )
+            set_path(loss[parts[1]], parts[2:], copy.deepcopy(value))
+    tree["loss"] = loss
     return apply_overrides(tree, rest)
 
 
