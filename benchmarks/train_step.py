@@ -13,11 +13,14 @@ can:
    rounds of one step per variant between CE steps (as many rounds as fit in ~2 minutes),
    plus the loss alone (forward + backward on fixed logits, repeated) so that the small
    difference is not lost in step noise. Skipped with ``--quick``.
-3. One training through ``lossearch.train.train`` (Ray Train V2: a worker process, reports,
-   checkpoints through Ray) against a plain loop without Ray that does the same work with the
-   same building blocks: the same model, optimizer, schedule, data order and ``train_epoch``,
-   the same greedy eval per epoch, the same checkpoint written and copied into the run
-   directory per epoch (2 kept), the same final ``checkpoint/`` and ``metrics.jsonl``.
+3. One training through ``lossearch.train.train`` (Ray Train V2: a controller and a worker
+   process running ``lossearch.fit.fit``, reports and checkpoints through Ray) against
+   ``lossearch.fit.fit`` called in this process without Ray (``plain_train``), with what
+   ``train`` does around it: preflight, ``config.yaml``, each epoch's checkpoint copied into
+   the run directory (2 kept), the test split scored after the last epoch, the final
+   ``checkpoint/``, test records and ``metrics.jsonl``. Ray's report times are when each
+   epoch's checkpoint folder appears in its run directory (``NewEntries``, a thread that
+   lists it); nothing in lossearch is patched.
    Full size: the default config (arith, tiny, 200 steps per epoch, eval on 200) with as many
    epochs as make the plain loop take ~2 minutes (a 1-epoch plain run is timed first;
    ``--ray-epochs N`` fixes it). Runs alternate plain, Ray, Ray, plain.
@@ -41,8 +44,8 @@ import shutil
 import statistics
 import sys
 import tempfile
+import threading
 import time
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -82,15 +85,24 @@ def print_table(title: str, header: list[str], rows: list[list[str]]) -> None:
         print("  " + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)))
 
 
-def print_verdicts(title: str, verdicts: list[tuple[str, float, float]], started: float) -> None:
-    """The closing table of ``(measure, ratio, target)`` rows (met: ratio <= target), then the
-    script's total time (since ``started``, a ``perf_counter``) and the load average."""
+Verdict = tuple[str, float, float, str]
+"""``(measure, value, target, unit)``: met when value <= target; unit ``"x"`` (a ratio) or
+``" s"`` (seconds)."""
+
+
+def verdict(name: str, value: float, target: float, unit: str = "x") -> Verdict:
+    return (name, value, target, unit)
+
+
+def print_verdicts(title: str, verdicts: list[Verdict], started: float) -> None:
+    """The closing table of verdicts (met: value <= target), then the script's total time
+    (since ``started``, a ``perf_counter``) and the load average."""
     print_table(
         title,
-        ["measure", "ratio", "target", "met"],
+        ["measure", "value", "target", "met"],
         [
-            [name, f"{value:.3f}x", f"<= {target}x", "yes" if value <= target else "NO"]
-            for name, value, target in verdicts
+            [name, f"{value:.3f}{unit}", f"<= {target}{unit}", "yes" if value <= target else "NO"]
+            for name, value, target, unit in verdicts
         ],
     )
     print(
@@ -159,9 +171,9 @@ def tiny_batches(n: int, batch_size: int = 32) -> list[dict[str, torch.Tensor]]:
     """The first ``n`` training batches of the default ``arith`` task, as ``train_epoch``
     draws them (seed 0, epoch 1)."""
     from lossearch.config import TaskConfig
+    from lossearch.fit import epoch_batches
     from lossearch.models import build_tiny_tokenizer
     from lossearch.tasks import collate, load_task, tokenize
-    from lossearch.train import epoch_batches
 
     cfg = TaskConfig()
     data = load_task(cfg)
@@ -362,130 +374,103 @@ def bench_100m(
 # --------------------------------------------------------------------------- part 3: Ray
 
 
-def plain_train(cfg: Any, out_dir: str | Path) -> tuple[dict[str, Any], list[float]]:
-    """``lossearch.train.train(cfg, out_dir)`` for one worker and one seed, without Ray.
+def plain_train(
+    cfg: Any, out_dir: str | Path, *, like: str = "train"
+) -> tuple[dict[str, Any], list[float]]:
+    """One training through ``lossearch.fit.fit`` without Ray; returns ``(last metrics, epoch
+    end times)``, the times ``time.time()`` when each epoch's checkpoint is in the run folder.
 
-    The same steps as ``train`` + ``train_loop_per_worker``: preflight, config.yaml, data,
-    loss, ``plan_steps``, model and ``build_optimizer`` (``build_replica`` minus
-    ``prepare_model``, which only moves the model to the device for one CPU worker), per
-    epoch ``train_epoch``, the greedy eval, the checkpoint written to a temporary directory
-    and copied into the run directory (2 kept, as ``CheckpointConfig(num_to_keep=2)``), then
-    ``checkpoint/`` and ``metrics.jsonl``. Returns the last metrics and the wall-clock time
-    (``time.time()``) at the end of each epoch.
+    ``fit`` is the training of both ways Ray runs it, so only what surrounds it is done
+    here, the same as the Ray side does it:
+
+    - ``like="trial"``, what a one-worker search trial does (``lossearch.search.trial``):
+      ``fit`` on the validation split only, each epoch's checkpoint copied into the run
+      folder by ``checkpointing.save_to_run`` (2 kept) before the report;
+    - ``like="train"``, what ``lossearch.train.train`` does around its Ray Train run:
+      ``preflight`` and ``config.yaml`` first, ``fit`` with the test split scored after the
+      last epoch, each epoch's checkpoint copied into the run folder (2 kept, as
+      ``CheckpointConfig(num_to_keep=2)``), then ``checkpoint/``, the per-question test
+      records and ``metrics.jsonl``.
     """
-    from lossearch.checkpointing import read_state, write_checkpoint
-    from lossearch.config import dump_config
-    from lossearch.losses import build_loss
-    from lossearch.models import load_model_and_tokenizer
-    from lossearch.preflight import preflight
-    from lossearch.tasks import load_task, tokenize
-    from lossearch.train import (
-        Replica,
-        build_optimizer,
-        evaluate,
-        mean_over_seeds,
-        plan_steps,
-        summary_line,
-        train_epoch,
-    )
-
-    out = Path(out_dir).resolve()
-    preflight(cfg)  # train() runs it in the driver too
-    out.mkdir(parents=True, exist_ok=True)
-    dump_config(cfg, out / "config.yaml")
-    torch.set_num_threads(max(1, int(cfg.scaling.cpus_per_worker)))
-    device = torch.device("cpu")
-
-    data = load_task(cfg.task)
-    loss_fn = build_loss(cfg.loss)
-    steps_per_epoch, total_steps, epochs = plan_steps(len(data.train), cfg)
-    torch.manual_seed(cfg.seed)
-    model, tokenizer = load_model_and_tokenizer(cfg.model, seed=cfg.seed)
-    optimizer, scheduler = build_optimizer(cfg, model, total_steps)
-    rep = Replica(cfg.seed, model, tokenizer, optimizer, scheduler)
-    features, _ = tokenize(data.train, tokenizer, cfg.task.max_length)
-
-    history: list[dict[str, Any]] = []
-    kept: list[Path] = []
-    epoch_ends: list[float] = []
-    for epoch in range(1, epochs + 1):
-        step_cap = total_steps - (epoch - 1) * steps_per_epoch
-        stats = train_epoch(rep, features, loss_fn, cfg, epoch, device, 0, 1, step_cap)
-        if epoch % cfg.eval.every_epochs == 0 or epoch == epochs:
-            stats.update(evaluate(rep, data, cfg, device))
-        metrics = {"epoch": epoch, **mean_over_seeds({rep.seed: stats})}
-        history.append(metrics)
-        with tempfile.TemporaryDirectory() as tmp:
-            print(f"[plain] {summary_line(metrics)}", flush=True)
-            write_checkpoint(tmp, epoch, history, [rep])
-            dst = out / "plain_train" / f"checkpoint_{epoch}"
-            shutil.copytree(tmp, dst)
-            kept.append(dst)
-            while len(kept) > 2:
-                shutil.rmtree(kept.pop(0))
-        epoch_ends.append(time.time())
-    _, history = read_state(kept[-1])
-    final = out / "checkpoint"
-    if final.exists():
-        shutil.rmtree(final)
-    shutil.copytree(kept[-1], final)
-    (out / "metrics.jsonl").write_text("".join(_json(h) + "\n" for h in history))
-    return history[-1], epoch_ends
-
-
-def _json(obj: Any) -> str:
     import json
 
-    return json.dumps(obj)
+    from lossearch.checkpointing import latest_checkpoint, save_to_run
+    from lossearch.config import dump_config
+    from lossearch.fit import fit
+    from lossearch.preflight import preflight
+
+    if like not in ("train", "trial"):
+        raise ValueError(f"like must be 'train' or 'trial', not {like!r}")
+    out = Path(out_dir).resolve()
+    run = out / "plain_train"
+    test = like == "train"
+    if test:
+        preflight(cfg, test=True)
+        out.mkdir(parents=True, exist_ok=True)
+        dump_config(cfg, out / "config.yaml")
+    ends: list[float] = []
+
+    def report(metrics: dict[str, Any], checkpoint_dir: str | None) -> None:
+        if checkpoint_dir is not None:
+            save_to_run(str(run), checkpoint_dir, int(metrics["epoch"]))
+        ends.append(time.time())
+
+    history = fit(cfg, report, test=test)
+    if test:
+        final = out / "checkpoint"
+        shutil.rmtree(final, ignore_errors=True)
+        shutil.copytree(latest_checkpoint(run), final)
+        for record in final.glob("test_predictions.seed*.jsonl"):
+            shutil.copy2(record, out / record.name)
+        (out / "metrics.jsonl").write_text("".join(json.dumps(h) + "\n" for h in history))
+    return history[-1], ends
 
 
-class _ReportTimes:
-    """A Ray Train ``UserCallback`` (runs in the controller) that appends the wall-clock
-    time of each persisted report to a file; built lazily so Ray is imported only here."""
+class NewEntries:
+    """When entries named ``pattern`` first appear in the folder ``root``: a thread lists it
+    every ``interval`` seconds while the context is open.
 
-    @staticmethod
-    def make(path: str) -> Any:
-        from ray.train import UserCallback
-
-        class ReportTimes(UserCallback):
-            def after_report(self, run_context: Any, metrics: Any, checkpoint: Any) -> None:
-                with open(path, "a") as f:
-                    f.write(f"{time.time()}\n")
-
-        return ReportTimes()
-
-
-@contextmanager
-def report_times(path: str):
-    """Make ``lossearch.train.train`` add a :class:`_ReportTimes` callback to its trainer.
-
-    Only the driver-side ``build_trainer`` lookup is wrapped; the trainer, the worker loop and
-    everything ``train`` does are unchanged (the callback appends one line per report).
+    Gives a Ray Train run's report times from outside: each report's checkpoint becomes a
+    new ``checkpoint_*`` folder of the run (Train persists it before the report counts).
     """
-    import lossearch.train as lt
 
-    original = lt.build_trainer
+    def __init__(self, root: Path, pattern: str = "checkpoint_*", interval: float = 0.05):
+        self.root, self.pattern, self.interval = root, pattern, interval
+        self.seen: dict[str, float] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
 
-    def wrapped(cfg: Any, **kwargs: Any) -> Any:
-        kwargs["callbacks"] = [*(kwargs.get("callbacks") or []), _ReportTimes.make(path)]
-        return original(cfg, **kwargs)
+    def _poll(self) -> None:
+        now = time.time()
+        for entry in self.root.glob(self.pattern):
+            self.seen.setdefault(entry.name, now)
 
-    lt.build_trainer = wrapped
-    try:
-        yield
-    finally:
-        lt.build_trainer = original
+    def _watch(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._poll()
+
+    def __enter__(self) -> NewEntries:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._poll()
+
+    def times(self) -> list[float]:
+        return sorted(self.seen.values())
 
 
 def ray_train_timed(cfg: Any, out_dir: Path) -> tuple[dict[str, Any], list[float]]:
-    """``lossearch.train.train(cfg, out_dir)``; returns its metrics and the report times."""
+    """``lossearch.train.train(cfg, out_dir)``; returns its metrics and the report times
+    (when each epoch's checkpoint folder appears in the Ray Train run, ``out_dir/ray_train``).
+    """
     from lossearch.train import train
 
-    times_file = out_dir.with_suffix(".reports")
-    with report_times(str(times_file)):
+    with NewEntries(Path(out_dir) / "ray_train") as seen:
         final = train(cfg, out_dir)
-    ends = [float(x) for x in times_file.read_text().split()] if times_file.exists() else []
-    return final, ends
+    return final, seen.times()
 
 
 def _noop_loop(config: dict[str, Any]) -> None:
@@ -505,18 +490,18 @@ def _noop_loop(config: dict[str, Any]) -> None:
 def noop_fit(storage: Path, name: str, reports: int, lossearch_way: bool = True) -> float:
     """Seconds of a no-op ``fit()`` with 1 CPU worker.
 
-    ``lossearch_way``: the trainer class and settings ``lossearch.train.build_trainer`` uses
+    ``lossearch_way``: the trainer class and settings ``lossearch.ray_train.build_trainer`` uses
     (0.5 s controller polling, no per-run DatasetManager/PlacementGroupCleaner actors, no
     PreemptionWatcher on local Ray); otherwise a plain ``TorchTrainer`` at Ray's defaults.
     """
     from ray.train import CheckpointConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from lossearch.train import trainer_class, use_fast_polling
+    from lossearch.ray_internals import trainer_class, use_train_env
 
     saved = {k: os.environ.get(k) for k in RAY_DEFAULTS}
     if lossearch_way:
-        use_fast_polling()
+        use_train_env()
     else:
         os.environ.update(RAY_DEFAULTS)  # passed on to the controller and workers
     try:
@@ -541,7 +526,7 @@ def noop_fit(storage: Path, name: str, reports: int, lossearch_way: bool = True)
                 os.environ[key] = value
 
 
-# Ray Train V2's own values of the settings lossearch changes (lossearch/train.py)
+# Ray Train V2's own values of the settings lossearch changes (lossearch/ray_internals.py)
 RAY_DEFAULTS = {
     "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "2.0",
     "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "1",
@@ -552,8 +537,8 @@ def cold_import_s() -> float:
     """Wall seconds for a fresh Python to import what a training worker imports."""
     import subprocess
 
-    mods = "torch, transformers, ray.train.torch, lossearch.train, lossearch.models, "
-    mods += "lossearch.losses, lossearch.tasks, lossearch.metrics"
+    mods = "torch, transformers, ray.train.torch, lossearch.ray_train, lossearch.fit, "
+    mods += "lossearch.models, lossearch.losses, lossearch.tasks, lossearch.metrics"
     t0 = time.perf_counter()
     subprocess.run([sys.executable, "-c", f"import {mods}"], check=True)
     return time.perf_counter() - t0
@@ -563,7 +548,7 @@ def bench_ray(cfg: Any, rounds: int) -> list[list[str]]:
     """Part 3: ``rounds`` pairs of runs in the order plain, Ray, Ray, plain, ..."""
     import ray
 
-    from lossearch.train import init_ray
+    from lossearch.ray_train import init_ray
 
     work = Path(tempfile.mkdtemp(prefix="lossearch-bench-"))
     threads = torch.get_num_threads()
@@ -623,44 +608,17 @@ def bench_ray(cfg: Any, rounds: int) -> list[list[str]]:
     def med(kind: str, key: str) -> float:
         return median([r[key] for r in runs[kind]])
 
-    ratio = med("ray", "total") / med("plain", "total")
-    with_init = (med("ray", "total") + t_init) / med("plain", "total")
+    def row(name: str, key: str, extra: float = 0.0, target: float | None = None) -> list[str]:
+        plain, ray_s = med("plain", key), med("ray", key) + extra
+        ratio = fmt_ratio(ray_s / plain, target) if target else ""
+        return [name, f"{plain:.1f}", f"{ray_s:.1f}", f"{ray_s - plain:+.1f}", ratio]
+
     rows = [
-        [
-            "whole run",
-            f"{med('plain', 'total'):.1f}",
-            f"{med('ray', 'total'):.1f}",
-            f"{med('ray', 'total') - med('plain', 'total'):+.1f}",
-            fmt_ratio(ratio, RAY_TARGET),
-        ],
-        [
-            "  start to end of epoch 1",
-            f"{med('plain', 'first'):.1f}",
-            f"{med('ray', 'first'):.1f}",
-            f"{med('ray', 'first') - med('plain', 'first'):+.1f}",
-            "",
-        ],
-        [
-            "  end of epoch 1 to last",
-            f"{med('plain', 'between'):.1f}",
-            f"{med('ray', 'between'):.1f}",
-            f"{med('ray', 'between') - med('plain', 'between'):+.1f}",
-            "",
-        ],
-        [
-            "  last epoch end to return",
-            f"{med('plain', 'tail'):.1f}",
-            f"{med('ray', 'tail'):.1f}",
-            f"{med('ray', 'tail') - med('plain', 'tail'):+.1f}",
-            "",
-        ],
-        [
-            "whole run + ray.init",
-            f"{med('plain', 'total'):.1f}",
-            f"{med('ray', 'total') + t_init:.1f}",
-            f"{med('ray', 'total') + t_init - med('plain', 'total'):+.1f}",
-            fmt_ratio(with_init, RAY_TARGET),
-        ],
+        row("whole run", "total", target=RAY_TARGET),
+        row("  start to end of epoch 1", "first"),
+        row("  end of epoch 1 to last", "between"),
+        row("  last epoch end to return", "tail"),
+        row("whole run + ray.init", "total", extra=t_init, target=RAY_TARGET),
         [f"no-op Ray Train run, {cfg.optim.epochs} reports", "", f"{median(noop):.1f}", "", ""],
         ["  the same at Ray Train's defaults", "", f"{median(noop_defaults):.1f}", "", ""],
         ["cold import of torch+transformers+lossearch", f"{median(imports):.1f}", "", "", ""],
@@ -674,10 +632,11 @@ def bench_ray(cfg: Any, rounds: int) -> list[list[str]]:
         rows,
     )
     print(
-        "  (Ray times per epoch are when the controller has persisted the report and its\n"
-        "   checkpoint; plain times when the checkpoint copy is done. Ray's 'to end of epoch 1'\n"
-        "   includes starting the worker process, its imports and the worker group. No-op run:\n"
-        "   a trainer whose loop only reports, with a 1-file checkpoint each time: Ray\n"
+        "  (Ray times per epoch are when the epoch's checkpoint folder appears in the Ray\n"
+        "   Train run; plain times when its copy into the run folder is done. Ray's 'to end\n"
+        "   of epoch 1' includes starting the controller and worker processes, the worker's\n"
+        "   imports and the worker group. No-op run: a trainer whose loop only reports, with\n"
+        "   a 1-file checkpoint each time: Ray\n"
         "   Train's own cost per run, as lossearch configures it and at Ray's defaults.\n"
         "   Cold import: a fresh Python importing what the worker needs, paid by every\n"
         "   Ray run and not by the plain loop.)"
@@ -751,14 +710,14 @@ def main(argv: list[str] | None = None) -> int:
         f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}",
         flush=True,
     )
-    verdicts: list[tuple[str, float, float]] = []
+    verdicts: list[Verdict] = []
 
     rows = bench_tiny(rounds=5 if args.quick else 15, steps=3 if args.quick else 5)
     comp = [r for r in rows if r[0].startswith("ce+")]
     worst = max(float(r[3].split("x")[0]) for r in comp)
-    verdicts.append(("tiny: worst composite step / CE step", worst, STEP_TARGET))
+    verdicts.append(verdict("tiny: worst composite step / CE step", worst, STEP_TARGET))
     worst = max(float(r[4].split("x")[0]) for r in comp)
-    verdicts.append(("tiny: the same in CPU time", worst, STEP_TARGET))
+    verdicts.append(verdict("tiny: the same in CPU time", worst, STEP_TARGET))
 
     if not (args.quick or args.skip_100m):
         t0 = time.perf_counter()
@@ -766,17 +725,19 @@ def main(argv: list[str] | None = None) -> int:
         comp = [r for r in rows if r[0].startswith("ce+")]
         worst = max(float(r[3].split("x")[0]) for r in comp)
         what = f"110M: worst composite step / CE step, measured ({n} round(s))"
-        verdicts.append((what, worst, STEP_TARGET))
+        verdicts.append(verdict(what, worst, STEP_TARGET))
         worst = max(float(r[4].split("x")[0]) for r in comp)
-        verdicts.append(("110M: the same in CPU time", worst, STEP_TARGET))
+        verdicts.append(verdict("110M: the same in CPU time", worst, STEP_TARGET))
         worst = max(float(r[6].split("x")[0]) for r in comp)
-        verdicts.append(("110M: the same from the loss alone (*)", worst, STEP_TARGET))
+        verdicts.append(verdict("110M: the same from the loss alone (*)", worst, STEP_TARGET))
         print(f"  (part 2 took {time.perf_counter() - t0:.0f} s)")
 
     if not args.skip_ray:
         rounds = args.ray_rounds or (1 if args.quick else 2)
         rows = bench_ray(ray_config(args.quick, args.ray_epochs, 120.0), rounds)
-        verdicts.append(("Ray Train run / plain loop", float(rows[0][4].split("x")[0]), RAY_TARGET))
+        verdicts.append(
+            verdict("Ray Train run / plain loop", float(rows[0][4].split("x")[0]), RAY_TARGET)
+        )
 
     print_verdicts("Targets", verdicts, started)
     return 0
