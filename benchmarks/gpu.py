@@ -26,9 +26,11 @@ the others still run):
 4. Batched greedy generation, ``lossearch.metrics.generate``, with the bf16 model.
 
 It imports no Ray (checked at the end; ``--check-imports`` checks only that). Without CUDA
-it prints one line saying so and exits 0. ``--quick`` cuts every size (~1 minute on an
-H100; the full run is meant to stay under ~6 minutes). ``--cpu-smoke`` runs every section
-on the CPU at toy sizes, to check the script itself on a machine without a GPU.
+it prints one line saying so and exits 0. With CUDA it exits 1 when a row holds an error.
+The sizes are meant to keep the full run within ~6 minutes on an H100 and ``--quick``
+(fewer steps, prompts and timed rounds; the same model and loss sizes) to about a minute.
+``--cpu-smoke`` runs every section on the CPU at toy sizes (vocabulary 4096, a 2-layer
+model), to check the script itself on a machine without a GPU.
 
 On a GPU machine, from the repository root (no Ray needed; pick the torch wheel that matches
 the machine's CUDA driver)::
@@ -265,13 +267,11 @@ def loss_inputs(sizes: Sizes, device: Any, distinct: int | None = None) -> tuple
     targets uniform over the vocabulary, or over ``distinct`` ids."""
     import torch
 
-    g = torch.Generator(device="cpu").manual_seed(0)
+    g = torch.Generator(device=device).manual_seed(0)
     shape = (sizes.loss_batch, sizes.loss_len + 1)
-    high = distinct or sizes.vocab
-    labels = torch.randint(0, high, shape, generator=g).to(device)
-    logits = torch.randn((*shape, sizes.vocab), generator=g, dtype=torch.float32)
-    logits = logits.to(device=device, dtype=torch.bfloat16).requires_grad_(True)
-    return logits, labels, torch.ones_like(labels)
+    labels = torch.randint(0, distinct or sizes.vocab, shape, generator=g, device=device)
+    logits = torch.randn((*shape, sizes.vocab), generator=g, device=device, dtype=torch.bfloat16)
+    return logits.requires_grad_(True), labels, torch.ones_like(labels)
 
 
 def time_and_peak(
