@@ -8,15 +8,28 @@ Layout of one checkpoint directory (a Ray Train ``Checkpoint``)::
     seed<k>/trainer.pt    optimizer and LR-scheduler state (and the fp16 GradScaler's, if any)
 
 ``epoch`` counts finished epochs, so training resumes at ``epoch + 1``.
+
+A run trained without Ray Train (a single-worker search trial, see
+``lossearch.search.trial``) keeps its checkpoints itself, in the same layout as a Ray Train
+run directory: ``<run>/checkpoint_<epoch:06d>/`` folders, of which :func:`save_to_run`
+keeps the newest two, and ``<run>/latest_checkpoint.json`` naming the one to resume from
+(written after the folder is complete, so a run killed mid-copy resumes from the previous).
+The run folder is a local path or a URI (:mod:`lossearch.storage`).
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from lossearch import storage
+
+POINTER = "latest_checkpoint.json"
 
 
 def write_checkpoint(
@@ -88,3 +101,33 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
         if best is None or key[:2] > best[:2]:
             best = key
     return best[2] if best else None
+
+
+def save_to_run(run: str, source: str | Path, epoch: int, keep: int = 2) -> None:
+    """Copy the checkpoint folder ``source`` into ``run`` as epoch ``epoch``'s and point to it.
+
+    Then deletes the checkpoint ``keep`` epochs older (each save removes one, so at most
+    ``keep`` remain of an uninterrupted run).
+    """
+    name = f"checkpoint_{epoch:06d}"
+    storage.copy_dir(source, run, name)
+    storage.write_text(run, POINTER, json.dumps({"checkpoint": name, "epoch": epoch}))
+    if epoch > keep:
+        storage.remove_dir(run, f"checkpoint_{epoch - keep:06d}")
+
+
+@contextmanager
+def latest_in_run(run: str) -> Iterator[Path | None]:
+    """The checkpoint :func:`save_to_run` last completed in ``run`` as a local folder, or None.
+
+    A URI's checkpoint is downloaded into a temporary folder that lives as long as the context.
+    """
+    import tempfile
+
+    try:
+        name = json.loads(storage.read_text(run, POINTER))["checkpoint"]
+    except OSError:
+        yield None
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        yield storage.fetch_dir(run, name, tmp)

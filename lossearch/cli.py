@@ -66,7 +66,7 @@ def train(
 ) -> None:
     """Fine-tune once with a config (for example one written by `lossearch export`)."""
     from lossearch.config import load_config
-    from lossearch.train import summary_line
+    from lossearch.fit import summary_line
     from lossearch.train import train as run_train
 
     cfg = load_config(config, overrides or [])

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import (
@@ -26,6 +26,8 @@ from pydantic import (
 )
 
 from lossearch.errors import LossearchError
+
+M = TypeVar("M", bound=BaseModel)
 
 
 class _Section(BaseModel):
@@ -258,12 +260,18 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def validate(tree: dict[str, Any]) -> TrainConfig:
-    """Validate a raw config tree; errors name the offending key."""
+def validate_as(model: type[M], tree: Any) -> M:
+    """``model.model_validate(tree)``; a failure is one ``LossearchError`` line naming the
+    first offending dotted key (every file lossearch reads is checked through this)."""
     try:
-        return TrainConfig.model_validate(tree)
+        return model.model_validate(tree)
     except ValidationError as err:
         raise LossearchError(_format_error(err)) from None
+
+
+def validate(tree: dict[str, Any]) -> TrainConfig:
+    """Validate a raw training-config tree; errors name the offending key."""
+    return validate_as(TrainConfig, tree)
 
 
 def load_config(

@@ -79,9 +79,9 @@ def interrupted(detail: str = "") -> Interrupted:
 def catch_stop_signals() -> None:
     """Make SIGINT and SIGTERM stop lossearch quietly, not by Ray's exit or tracebacks.
 
-    For the ``lossearch`` command (main thread only). ``lossearch.train.init_ray`` keeps
+    For the ``lossearch`` command (main thread only). ``lossearch.ray_train.init_ray`` keeps
     these handlers (``ray.init`` installs its own for SIGTERM), Ray Train's ``fit`` does not
-    replace them (``lossearch.train.trainer_class``), and inside :func:`graceful_stop` the
+    replace them (``lossearch.ray_internals.trainer_class``), and inside :func:`graceful_stop` the
     first signal stops Tune gracefully instead of raising.
     """
     _STOP.signum = None

@@ -1,9 +1,10 @@
-"""Small files in a folder that is a local path or a URI (``s3://bucket/prefix?...``).
+"""Small files and folders in a folder that is a local path or a URI (``s3://bucket/prefix?...``).
 
-The experiment directory, its ``lossearch_search.yaml`` and the confirm stage's files are
-read and written through these four functions, so every caller treats a local folder and an
-object store alike. A URI goes through ``pyarrow.fs`` (credentials and endpoint from the
-standard AWS environment); a ``?query`` stays at the end of the joined URI.
+The experiment directory, its ``lossearch_search.yaml``, the confirm stage's files and the
+checkpoints of trials trained without Ray Train go through these functions, so every caller
+treats a local folder and an object store alike. A URI goes through ``pyarrow.fs``
+(credentials and endpoint from the standard AWS environment); a ``?query`` stays at the end
+of the joined URI.
 """
 
 from __future__ import annotations
@@ -71,3 +72,47 @@ def file_exists(folder: str, name: str) -> bool:
         fs, root = pafs.FileSystem.from_uri(folder)
         return fs.get_file_info(f"{root.rstrip('/')}/{name}").type == pafs.FileType.File
     return Path(folder, name).is_file()
+
+
+def copy_dir(source: str | Path, folder: str, name: str) -> None:
+    """Copy the local folder ``source`` to ``folder/name`` (replacing what is there)."""
+    if is_uri(folder):
+        import pyarrow.fs as pafs
+
+        fs, root = pafs.FileSystem.from_uri(folder)
+        dest = f"{root.rstrip('/')}/{name}"
+        fs.create_dir(dest, recursive=True)
+        pafs.copy_files(str(source), dest, destination_filesystem=fs)
+        return
+    import shutil
+
+    dest_path = Path(folder, name)
+    if dest_path.exists():
+        shutil.rmtree(dest_path)
+    shutil.copytree(source, dest_path)
+
+
+def fetch_dir(folder: str, name: str, local: str | Path) -> Path:
+    """``folder/name`` as a local folder: itself when local, else downloaded into ``local``."""
+    if not is_uri(folder):
+        return Path(folder, name)
+    import pyarrow.fs as pafs
+
+    fs, root = pafs.FileSystem.from_uri(folder)
+    pafs.copy_files(f"{root.rstrip('/')}/{name}", str(local), source_filesystem=fs)
+    return Path(local)
+
+
+def remove_dir(folder: str, name: str) -> None:
+    """Delete ``folder/name`` and what it holds; nothing happens when it is absent."""
+    if is_uri(folder):
+        import pyarrow.fs as pafs
+
+        fs, root = pafs.FileSystem.from_uri(folder)
+        path = f"{root.rstrip('/')}/{name}"
+        if fs.get_file_info(path).type != pafs.FileType.NotFound:
+            fs.delete_dir(path)
+        return
+    import shutil
+
+    shutil.rmtree(Path(folder, name), ignore_errors=True)

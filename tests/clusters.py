@@ -197,14 +197,17 @@ def cluster_s3_search(
     seen: dict[str, Any] = {"root": root, "uri": uri, "prefix": prefix, "env": env}
 
     def registered_checkpoint() -> dict[str, Any] | None:
+        """The first trial checkpoint a resume would start from (named by its run's
+        ``latest_checkpoint.json``), with the metrics of its epoch."""
         for path in s3_files(fs, f"{prefix}/trainings"):
-            if path.endswith("/checkpoint_manager_snapshot.json"):
+            if path.endswith("/latest_checkpoint.json"):
                 try:
-                    snap = json.loads(s3_read(fs, path))
-                except (OSError, ValueError):
+                    name = json.loads(s3_read(fs, path))["checkpoint"]
+                    history = s3_read(fs, f"{path.rsplit('/', 1)[0]}/{name}/history.jsonl")
+                except (OSError, ValueError, KeyError):
                     continue
-                if snap.get("checkpoint_results"):
-                    return {"path": path, "metrics": snap["checkpoint_results"][-1]["metrics"]}
+                lines = [line for line in history.decode().splitlines() if line.strip()]
+                return {"path": path, "metrics": json.loads(lines[-1])}
         return None
 
     log = root / "search.log"

@@ -10,14 +10,14 @@ process of its session (Ray's included), each by its pid:
 1. ``search``: killed *before* any trial reports, at the earliest point: as soon as the
    driver has written ``lossearch_search.yaml``, while Ray starts and before Tune has saved
    any state (a window of several seconds). ``resume`` starts such a search over.
-2. ``resume``: as soon as ``healthy``'s first checkpoint is registered (listed in Ray Train's
-   ``checkpoint_manager_snapshot.json``), the Ray Train worker process that reported it (pid
-   from the ``worker_pid`` metric) is SIGKILLed: a worker fault. Ray Train restarts the
-   worker group and resumes from that checkpoint. The driver is SIGKILLed *during* the
-   trial's reports, as soon as a checkpoint of the new worker is registered. (The snapshot,
-   not Tune's ``result.json``, is watched: the driver writes ``result.json`` seconds late,
-   by when epochs have passed; and a checkpoint folder already on storage but not yet in the
-   snapshot is not resumed from: that epoch is redone.)
+2. ``resume``: as soon as ``healthy``'s first checkpoint is registered (named by the trial's
+   ``latest_checkpoint.json``), the trial's process that trains it (pid from the
+   ``worker_pid`` metric) is SIGKILLed: a worker fault. Tune retries the trial
+   (``--max-failures 1``), which resumes from that checkpoint. The driver is SIGKILLed
+   *during* the trial's reports, as soon as a checkpoint of the new process is registered.
+   (The pointer file, not Tune's ``result.json``, is watched: the driver writes
+   ``result.json`` seconds late, by when epochs have passed; and a checkpoint folder being
+   copied but not yet named by the pointer is not resumed from: that epoch is redone.)
 3. ``resume``: killed *after* ``healthy`` is recorded as finished.
 4. ``resume``: runs to the end.
 
@@ -97,17 +97,17 @@ def statuses(exp: Path) -> dict[str, str]:
 
 
 def registered(exp: Path, trial_id: str) -> list[dict[str, Any]]:
-    """Metrics of the checkpoints Ray Train has registered for a trial (resumable ones)."""
-    path = exp / "trainings" / trial_id / "checkpoint_manager_snapshot.json"
+    """The epochs' metrics in the checkpoint a restart of the trial would resume from."""
+    run = exp / "trainings" / trial_id
     try:
-        snapshot = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):  # not there yet, or being written
+        name = json.loads((run / "latest_checkpoint.json").read_text())["checkpoint"]
+        return procs.json_lines(run / name / "history.jsonl")
+    except (OSError, json.JSONDecodeError, KeyError):  # not there yet
         return []
-    return [r["metrics"] for r in snapshot.get("checkpoint_results", [])]
 
 
 def final_history(exp: Path, trial_id: str) -> list[dict[str, Any]]:
-    """The history in the newest checkpoint of a trial's Ray Train run."""
+    """The history in the newest checkpoint of a trial's run."""
     paths = sorted((exp / "trainings" / trial_id).glob("checkpoint_*/history.jsonl"))
     return procs.json_lines(paths[-1])
 
@@ -191,7 +191,7 @@ def chaos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 @pytest.mark.slow
 def test_kills_landed_where_intended(chaos: dict[str, Any]) -> None:
     assert chaos["files_at_kill1"] == ["lossearch_search.yaml"]  # before anything ran
-    assert chaos["victim_in_session"] and "RayTrainWorker" in chaos["victim_cmd"]
+    assert chaos["victim_in_session"] and "ImplicitFunc" in chaos["victim_cmd"]  # the trial
     assert chaos["status_at_kill2"] != "TERMINATED"  # during the trial's reports
     assert chaos["last_epoch_at_kill2"] < EPOCHS
     assert chaos["final_rc"] == 0, (chaos["root"] / "driver4.log").read_text()[-3000:]

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from lossearch.config import load_config
-from lossearch.train import epoch_batches, train
+from lossearch.fit import epoch_batches
+from lossearch.train import train
 
 pytestmark = pytest.mark.slow
 
@@ -159,28 +160,8 @@ def test_cli_bad_config_exits_2_naming_the_key(args, needle, tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
-def test_trainer_drops_only_the_per_run_actors_lossearch_does_not_use(ray_local, tmp_path):
-    """Ray Train V2 still names these callbacks so; lossearch's trainer has all the others."""
-    from ray.train import RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
-    from lossearch.train import UNUSED_TRAIN_CALLBACKS, build_trainer
-
-    cfg = load_config(overrides=EASY)
-    ours = build_trainer(cfg, storage_path=str(tmp_path), name="ours")
-    stock = TorchTrainer(
-        lambda: None,
-        scaling_config=ScalingConfig(num_workers=1),
-        run_config=RunConfig(name="stock", storage_path=str(tmp_path)),
-    )
-    ours_names = [type(cb).__name__ for cb in ours._create_default_callbacks()]
-    stock_names = [type(cb).__name__ for cb in stock._create_default_callbacks()]
-    assert UNUSED_TRAIN_CALLBACKS <= set(stock_names)
-    assert ours_names == [n for n in stock_names if n not in UNUSED_TRAIN_CALLBACKS]
-
-
 def test_summary_line_counts_epochs_and_skips_missing_metrics():
-    from lossearch.train import summary_line
+    from lossearch.fit import summary_line
 
     m = {"epoch": 2, "loss": 0.41234, "exact_match": 0.5, "tokens_per_s": float("nan")}
     assert summary_line(m, 4) == "epoch 2/4  loss 0.4123  exact_match 0.5  tokens_per_s nan"

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from lossearch.config import TrainConfig, load_config
-from lossearch.train import (
+from lossearch.fit import (
     Replica,
     accumulation_groups,
     autocast_dtype,

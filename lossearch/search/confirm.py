@@ -3,21 +3,22 @@
 A search selects on the validation split, so its best values are optimistic. ``confirm``
 takes, for every loss family, its ``top_k`` best *finished* trials (by the seed mean of the
 final validation metric; a pruned trial never qualifies), re-trains each from scratch at the
-search's full budget under seeds ``seed .. seed + S - 1`` (S seeds in one Ray Train run, as
-a search trial does) and scores the final model of every seed on the test split, keeping each
+search's full budget under seeds ``seed .. seed + S - 1`` (S seeds in one run, as a search
+trial does) and scores the final model of every seed on the test split, keeping each
 question's prediction and correctness. :func:`analysis.verdict` turns those records into the
 paired comparison against CE and against the ``answer_ce`` control.
 
 Layout, under the experiment ``EXP``::
 
     EXP/confirm/confirm.yaml                 # metric, mode, seeds, top_k, the runs planned
-    EXP/confirm/runs/<id>/                   # the run's Ray Train directory (checkpoints)
+    EXP/confirm/runs/<id>/                   # the run's checkpoints (checkpoint_*)
     EXP/confirm/runs/<id>/result.json        # written when the run is complete
     EXP/confirm/runs/<id>/test_predictions.seed<k>.jsonl
     EXP/confirm/verdict.csv                  # written by lossearch confirm at the end
 
 ``<id>`` is ``<family>-<trial_id>``. Runs go through Ray Tune (one trial per run, up to the
-search's ``max_concurrent`` at once) and the same Ray Train code as search trials. Running
+search's ``max_concurrent`` at once), trained as search trials are
+(:func:`lossearch.search.trial.train_in_trial`). Running
 confirm again skips runs whose ``result.json`` exists and resumes the others from their
 latest checkpoint, so a killed confirm continues where it stopped.
 """
@@ -127,34 +128,21 @@ def run_confirm_trial(
     max_failures: int,
 ) -> None:
     """Tune function trainable: one confirm run, then its ``result.json`` and test records."""
-    from ray.tune.integration.ray_train import TuneReportCallback
-
     from lossearch.checkpointing import read_state
     from lossearch.config import validate
-    from lossearch.train import build_trainer, diverged_error, record_name
+    from lossearch.fit import record_name
+    from lossearch.search.trial import train_in_trial
 
     run = PlannedRun.model_validate(runs[config["run"]])
     cfg = validate(run.config)
     # validation once, after the last epoch: a confirm run selects nothing along the way
     cfg.eval.every_epochs = cfg.optim.epochs
     t0 = time.time()
-    trainer = build_trainer(
-        cfg,
-        seeds=run.seeds,
-        storage_path=runs_path,
-        name=run.id,
-        callbacks=[TuneReportCallback()],
-        max_failures=max_failures,
-        test=True,
+    open_final = train_in_trial(
+        cfg, run.seeds, runs_path, run.id, max_failures=max_failures, test=True
     )
-    result = trainer.fit()
-    if result.error is not None:
-        raise result.error
-    reason = diverged_error(result)
-    if reason:
-        raise RuntimeError(f"confirm run {run.id} diverged: {reason}")
     run_dir = join_uri(runs_path, run.id)
-    with result.checkpoint.as_directory() as ckpt:
+    with open_final() as ckpt:
         _, history = read_state(ckpt)
         for seed in run.seeds:
             write_text(run_dir, record_name(seed), Path(ckpt, record_name(seed)).read_text())
@@ -226,16 +214,17 @@ def confirm(
     A plan already on disk is kept when it asks for the same seeds, ``top_k`` and metric;
     asking for others is an error (use another experiment copy) rather than a silent mix.
     """
+    from lossearch.config import validate_as
     from lossearch.preflight import preflight
+    from lossearch.ray_train import check_ray_address
     from lossearch.search.driver import _fit
-    from lossearch.train import check_ray_address
 
     if not is_uri(exp):
         exp = str(Path(exp).resolve())
     new = plan(exp, seeds=seeds, top_k=top_k, metric=metric)
     root = confirm_path(exp)
     if file_exists(root, PLAN_FILE):
-        old = ConfirmPlan.model_validate(yaml.safe_load(read_text(root, PLAN_FILE)))
+        old = validate_as(ConfirmPlan, yaml.safe_load(read_text(root, PLAN_FILE)))
         if (old.seeds, old.top_k, old.metric) != (new.seeds, new.top_k, new.metric):
             raise LossearchError(
                 f"{root} already holds a confirm with seeds {old.seeds}, top {old.top_k}, "
@@ -284,20 +273,26 @@ def _tuner(
     """A Tune grid with one trial per confirm run, at most ``max_concurrent`` at once."""
     from ray import tune
 
+    from lossearch.search.trial import in_trial_process, trial_resources, tune_failures
+
     fn = tune.with_parameters(
         run_confirm_trial,
         runs={r.id: r.model_dump() for r in todo},
         runs_path=runs_path,
         max_failures=max_failures,
     )
+    config = todo[0].config  # the runs differ in loss and optimiser, not in scaling
+    in_process = in_trial_process(config)
     return tune.Tuner(
-        tune.with_resources(fn, {"CPU": 0.01}),
+        tune.with_resources(fn, trial_resources(config)),
         param_space={"run": tune.grid_search([r.id for r in todo])},
-        tune_config=tune.TuneConfig(max_concurrent_trials=max(1, max_concurrent)),
+        tune_config=tune.TuneConfig(
+            max_concurrent_trials=max(1, max_concurrent), reuse_actors=in_process
+        ),
         run_config=tune.RunConfig(
             name=f"tune-{time.strftime('%Y%m%d-%H%M%S')}",
             storage_path=root,
-            failure_config=tune.FailureConfig(max_failures=0),
+            failure_config=tune.FailureConfig(max_failures=tune_failures(config, max_failures)),
             verbose=verbose,
         ),
     )

@@ -1,15 +1,12 @@
-"""The search driver: Ray Tune + Optuna over training configs, each trial a Ray Train run.
+"""The search driver: Ray Tune + Optuna over training configs.
 
-This is Ray Train V2's documented "Train inside Tune" pattern: the Tune trainable is a plain
-function (:func:`run_trial`) that builds the same ``TorchTrainer`` as ``lossearch train``
-(:func:`lossearch.train.build_trainer`) and forwards its reports to Tune with
-``TuneReportCallback``. The trial function itself reserves 0.01 CPU; the training workers
-reserve ``scaling.cpus_per_worker`` each.
+Each trial is the function trainable of :mod:`lossearch.search.trial`: one-worker trainings
+run in the trial's own (reused) process, multi-worker ones as a Ray Train run inside it.
 
 Experiment directory ``<storage>/<name>/``: Ray Tune's files, ``lossearch_search.yaml`` (what
 is needed to resume, export and analyse without the original command line), and
-``trainings/<trial_id>/`` (each trial's Ray Train run and checkpoints, fixed paths so a
-restarted driver resumes half-trained trials from their checkpoints).
+``trainings/<trial_id>/`` (each trial's checkpoints, fixed paths so a restarted driver
+resumes half-trained trials from their checkpoints).
 """
 
 from __future__ import annotations
@@ -26,88 +23,6 @@ from lossearch.errors import LossearchError
 from lossearch.storage import is_uri, join_uri, read_text, write_text
 
 SEARCH_FILE = "lossearch_search.yaml"
-
-
-class TrialDiverged(RuntimeError):
-    """A trial's loss became NaN or infinite; the trial is recorded as errored."""
-
-
-def run_trial(
-    config: dict[str, Any],
-    *,
-    base: dict[str, Any],
-    seeds: list[int],
-    trainings_path: str,
-    max_failures: int,
-) -> None:
-    """Tune function trainable: one trial = one Ray Train run of the sampled config."""
-    from ray import tune
-    from ray.tune.integration.ray_train import TuneReportCallback
-
-    from lossearch.search.space import trial_to_config
-    from lossearch.train import build_trainer, diverged_error
-
-    cfg = trial_to_config(base, config)
-    trainer = build_trainer(
-        cfg,
-        seeds=seeds,
-        storage_path=trainings_path,
-        name=tune.get_context().get_trial_id(),
-        callbacks=[TuneReportCallback()],
-        max_failures=max_failures,
-    )
-    result = trainer.fit()
-    if result.error is not None:
-        raise result.error
-    reason = diverged_error(result)
-    if reason:
-        raise TrialDiverged(reason)
-
-
-def _trainable(meta: dict[str, Any], exp_path: str) -> Any:
-    from ray import tune
-
-    fn = tune.with_parameters(
-        run_trial,
-        base=meta["base_config"],
-        seeds=meta["seeds"],
-        trainings_path=join_uri(exp_path, "trainings"),
-        max_failures=meta["max_failures"],
-    )
-    return tune.with_resources(fn, {"CPU": 0.01})
-
-
-def _free_training_resources() -> Any:
-    """A Tune callback that removes an ended trial's Ray Train placement group.
-
-    When ASHA stops a trial early, Tune ends the trial function while its ``TorchTrainer``
-    is still running; the trainer's workers and their placement group outlive it (Train V2's
-    own clean-up needs Ray's dashboard), holding CPUs that later trials wait for. Each run
-    reports its placement group id, and this callback removes the group once the trial ends.
-    """
-    from ray import tune
-
-    class FreeTrainingResources(tune.Callback):
-        def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-            self._free(trial)
-
-        def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-            self._free(trial)
-
-        @staticmethod
-        def _free(trial: Any) -> None:
-            from ray._raylet import PlacementGroupID
-            from ray.util.placement_group import PlacementGroup, remove_placement_group
-
-            pg_hex = (trial.last_result or {}).get("placement_group")
-            if not pg_hex:
-                return
-            try:
-                remove_placement_group(PlacementGroup(PlacementGroupID.from_hex(pg_hex)))
-            except Exception:  # already removed by the trainer itself
-                pass
-
-    return FreeTrainingResources()
 
 
 def _scheduler(kind: str, meta: dict[str, Any]) -> Any:
@@ -130,7 +45,7 @@ def _scheduler(kind: str, meta: dict[str, Any]) -> Any:
 
 
 def _local_ray(address: str | None) -> None:
-    from lossearch.train import init_ray
+    from lossearch.ray_train import init_ray
 
     # The trial function holds 0.01 CPU besides its workers: give local Ray one spare CPU
     # so that K single-CPU trainings can run side by side on K cores.
@@ -293,7 +208,7 @@ def run_search(
     # data, model path, lengths (and, when a confirm follows, the test split): checked here,
     # before Ray starts; the trials themselves never load the test split
     preflight(base_cfg, test=require_test)
-    from lossearch.train import check_ray_address
+    from lossearch.ray_train import check_ray_address
 
     check_ray_address(address)  # before the experiment directory is written
     try:
@@ -357,20 +272,31 @@ def _build_tuner(
     from ray import tune
     from ray.tune.search import ConcurrencyLimiter
 
+    from lossearch.search.trial import (
+        free_training_resources,
+        in_trial_process,
+        trainable,
+        tune_failures,
+    )
+
     searcher = _make_searcher(sp, meta)
     return tune.Tuner(
-        _trainable(meta, exp_path),
+        trainable(meta, exp_path),
         tune_config=tune.TuneConfig(
             search_alg=ConcurrencyLimiter(searcher, max_concurrent=meta["max_concurrent"]),
             scheduler=_scheduler(meta["scheduler"], meta),
             num_samples=meta["num_samples"],
             max_concurrent_trials=meta["max_concurrent"],
+            # in-process trials: the next trial reuses the process, its imports done
+            reuse_actors=in_trial_process(meta["base_config"]),
         ),
         run_config=tune.RunConfig(
             name=name,
             storage_path=storage,
-            failure_config=tune.FailureConfig(max_failures=0),
-            callbacks=[_free_training_resources()],
+            failure_config=tune.FailureConfig(
+                max_failures=tune_failures(meta["base_config"], meta["max_failures"])
+            ),
+            callbacks=[free_training_resources()],
             verbose=verbose,
         ),
     )
@@ -383,6 +309,8 @@ def resume(exp_path: str, *, address: str | None = None) -> str:
     the Optuna searcher is restored with what it had learned; errored trials stay errored.
     """
     from ray import tune
+
+    from lossearch.search.trial import trainable
 
     if not is_uri(exp_path):
         exp_path = str(Path(exp_path).resolve())
@@ -398,8 +326,8 @@ def resume(exp_path: str, *, address: str | None = None) -> str:
                 f"not a Ray Tune experiment (no experiment state), and its {SEARCH_FILE} is "
                 f"incomplete (no '{missing[0]}'): {exp_path}"
             )
+        from lossearch.ray_train import check_ray_address
         from lossearch.search.space import load_space
-        from lossearch.train import check_ray_address
 
         check_ray_address(address)
         sp = load_space(meta["space"], meta.get("overrides") or [])
@@ -411,31 +339,12 @@ def resume(exp_path: str, *, address: str | None = None) -> str:
         address,
         lambda: tune.Tuner.restore(
             exp_path,
-            trainable=_trainable(meta, exp_path),
+            trainable=trainable(meta, exp_path),
             resume_unfinished=True,
             resume_errored=False,
         ),
     )
     return exp_path
-
-
-def _stop_tune() -> bool:
-    """Stop a running ``Tuner.fit()`` gracefully, as its own Ctrl-C handling does.
-
-    Tune listens on SIGUSR1 while it runs (its graceful stop: running trials are stopped and
-    the experiment state saved, so ``resume`` continues them); False when it does not yet.
-    Tune's messages about the stop (a warning with Ray's restore call, "Trials did not
-    complete") are silenced: the command line prints its own line.
-    """
-    import logging
-    import signal
-
-    handler = signal.getsignal(signal.SIGUSR1)
-    if not callable(handler):
-        return False
-    logging.getLogger("ray.tune").setLevel(logging.CRITICAL)
-    handler(signal.SIGUSR1, None)
-    return True
 
 
 def _fit(
@@ -459,6 +368,7 @@ def _fit(
         graceful_stop,
         interrupted,
     )
+    from lossearch.ray_internals import stop_tune
 
     resume_hint = resume_hint or f"resume with: lossearch resume {exp_path}"
     disabled = os.environ.get("TUNE_DISABLE_SIGINT_HANDLER")
@@ -468,7 +378,7 @@ def _fit(
     try:
         _local_ray(address)
         tuner = make_tuner()
-        with graceful_stop(_stop_tune) as stop:
+        with graceful_stop(stop_tune) as stop:
             grid = tuner.fit()
     except KeyboardInterrupt:  # before Tune listens, or a second signal
         raise interrupted(resume_hint) from None

@@ -29,15 +29,13 @@ from pydantic import (
     PositiveInt,
     StrictBool,
     StrictFloat,
-    ValidationError,
     field_validator,
     model_validator,
     with_config,
 )
 from typing_extensions import TypedDict
 
-from lossearch.config import _format_error
-from lossearch.errors import LossearchError
+from lossearch.config import validate_as
 from lossearch.search.trial_config import LOSS_FAMILIES
 
 
@@ -219,7 +217,4 @@ class SpaceFile(_Schema):
 
 def parse_space_file(raw: dict[str, Any]) -> SpaceFile:
     """Validate a loaded search-space file; a one-line ``LossearchError`` names the key."""
-    try:
-        return SpaceFile.model_validate(raw)
-    except ValidationError as err:
-        raise LossearchError(_format_error(err)) from None
+    return validate_as(SpaceFile, raw)

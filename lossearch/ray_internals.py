@@ -1,0 +1,127 @@
+"""Every use lossearch makes of Ray's private API, in one place.
+
+Ray's public API does not cover what these do; each was measured to matter (see the
+docstrings) and each is checked by ``tests/test_ray_internals.py``, which fails when a Ray
+release renames what is relied on here. Should a name go away, each function degrades to
+Ray's own default behaviour, which also works (slower or noisier).
+
+- :data:`ENV`: environment knobs read by Ray Train V2's controller and workers;
+- :func:`trainer_class`: ``TorchTrainer`` minus per-run actors lossearch does not use, and
+  without Train's own SIGINT handler under the ``lossearch`` command;
+- :func:`quiet_train_reports`: the logger name of Train V2's per-report INFO line;
+- :func:`remove_placement_group`: a placement group from its hex id;
+- :func:`stop_tune`: Tune's graceful stop (its SIGUSR1 handler).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+from typing import Any
+
+ENV = {
+    # Train V2 (Ray 2.60 needs it set for ray.train's V2 API)
+    "RAY_TRAIN_V2_ENABLED": "1",
+    # The controller advances only when it polls its workers: every start-up step, every
+    # ray.train.report and the end of a run wait for the next poll. At Ray's default of 2 s
+    # a run with 4 reports took 17 s here against 8.7 s at 0.5 s; a poll costs the
+    # controller and each worker a few milliseconds. Must be set in the process that calls
+    # fit() (Ray passes it on to the controller).
+    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5",
+}
+"""Set (unless the user set them) before a Ray Train run starts; see :func:`use_train_env`."""
+
+LOCAL_ENV = {
+    # One machine, no autoscaler: nothing can preempt a node, so Train V2's per-run
+    # PreemptionWatcher actor would only poll. Workers inherit it from the raylet.
+    "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
+}
+"""Set before a local Ray starts (not when joining a cluster)."""
+
+# Train V2 default callbacks that start an actor per run and do nothing for lossearch:
+# - DatasetsCallback starts a DatasetManager to shard Ray Datasets; lossearch passes none
+#   (each worker reads its task itself).
+# - PlacementGroupCleanerCallback starts a detached actor that polls Ray's state API (which
+#   needs the dashboard, absent from lossearch's local Ray) to remove the worker group's
+#   placement group if the controller dies while its driver lives. `lossearch train` exits
+#   when its controller dies, and Ray removes a finished job's placement groups; in a
+#   search, the search driver removes a stopped trial's group (remove_placement_group).
+UNUSED_TRAIN_CALLBACKS = frozenset({"DatasetsCallback", "PlacementGroupCleanerCallback"})
+
+# Train V2's module whose logger (named by its file path, not ``ray.train...``, so
+# ``LoggingConfig`` misses it) prints the whole metrics dict at INFO on every report.
+TRAIN_CONTEXT_MODULE = "ray.train.v2._internal.execution.context"
+
+
+def use_train_env(local: bool = False) -> None:
+    """Set :data:`ENV` (and, for a local Ray, :data:`LOCAL_ENV`) where the user has not."""
+    for key, value in {**ENV, **(LOCAL_ENV if local else {})}.items():
+        os.environ.setdefault(key, value)
+
+
+def trainer_class() -> type:
+    """``TorchTrainer`` without the per-run actors of :data:`UNUSED_TRAIN_CALLBACKS`.
+
+    Each of those actors is one more Python process started and stopped per run (about a
+    CPU-second each here, which two trials side by side on two cores feel). Uses Train V2's
+    ``_create_default_callbacks`` hook, and ``_register_sigint_handler``: Train's handler
+    (logs, aborts the controller, then ``sys.exit``) would replace the ``lossearch``
+    command's, which stops quietly (:mod:`lossearch.interrupt`).
+    """
+    from ray.train.torch import TorchTrainer
+
+    from lossearch.interrupt import catching_stop_signals
+
+    class LossearchTrainer(TorchTrainer):
+        def _create_default_callbacks(self) -> list[Any]:
+            return [
+                cb
+                for cb in super()._create_default_callbacks()
+                if type(cb).__name__ not in UNUSED_TRAIN_CALLBACKS
+            ]
+
+        def _register_sigint_handler(self, controller: Any) -> None:
+            if not catching_stop_signals():
+                super()._register_sigint_handler(controller)
+
+    return LossearchTrainer
+
+
+def quiet_train_reports() -> None:
+    """Silence Train V2's per-report INFO line in a worker (warnings stay)."""
+    import importlib
+
+    try:
+        module = importlib.import_module(TRAIN_CONTEXT_MODULE)
+    except ImportError:  # another Ray layout: its lines are only noise
+        return
+    logging.getLogger(module.__file__).setLevel(logging.WARNING)
+
+
+def remove_placement_group(pg_hex: str) -> None:
+    """Remove the placement group whose id is ``pg_hex``; no error if it is already gone."""
+    from ray._raylet import PlacementGroupID
+    from ray.util.placement_group import PlacementGroup
+    from ray.util.placement_group import remove_placement_group as remove
+
+    try:
+        remove(PlacementGroup(PlacementGroupID.from_hex(pg_hex)))
+    except Exception:  # already removed by the trainer itself
+        pass
+
+
+def stop_tune() -> bool:
+    """Stop a running ``Tuner.fit()`` gracefully, as its own Ctrl-C handling does.
+
+    Tune listens on SIGUSR1 while it runs (its graceful stop: running trials are stopped and
+    the experiment state saved, so ``resume`` continues them); False when it does not yet.
+    Tune's messages about the stop (a warning with Ray's restore call, "Trials did not
+    complete") are silenced: the command line prints its own line.
+    """
+    handler = signal.getsignal(signal.SIGUSR1)
+    if not callable(handler):
+        return False
+    logging.getLogger("ray.tune").setLevel(logging.CRITICAL)
+    handler(signal.SIGUSR1, None)
+    return True

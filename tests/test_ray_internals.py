@@ -1,0 +1,90 @@
+"""What ``lossearch/ray_internals.py`` relies on in Ray's private API is still there.
+
+Each test names one reliance; when a Ray release renames it, the test fails here instead of
+lossearch silently falling back to Ray's slower or noisier defaults.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import signal
+from pathlib import Path
+
+import ray
+
+from lossearch import ray_internals
+from lossearch.config import load_config
+
+
+def _ray_source(*parts: str) -> str:
+    return Path(ray.__file__).parent.joinpath(*parts).read_text()
+
+
+def test_train_v2_still_reads_the_environment_knobs_lossearch_sets():
+    constants = _ray_source("train", "v2", "_internal", "constants.py")
+    for name in {**ray_internals.ENV, **ray_internals.LOCAL_ENV}:
+        assert f'"{name}"' in constants, name
+
+
+def test_use_train_env_sets_only_what_the_user_has_not(monkeypatch):
+    monkeypatch.setenv("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "3")
+    monkeypatch.delenv("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", raising=False)
+    ray_internals.use_train_env(local=True)
+    import os
+
+    assert os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] == "3"
+    assert os.environ["RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"] == "0"
+
+
+def test_trainer_hooks_lossearch_overrides_still_exist():
+    from ray.train.torch import TorchTrainer
+
+    for hook in ("_create_default_callbacks", "_register_sigint_handler"):
+        assert callable(getattr(TorchTrainer, hook, None)), hook
+    params = inspect.signature(TorchTrainer._register_sigint_handler).parameters
+    assert list(params) == ["self", "controller"]
+
+
+def test_trainer_drops_only_the_per_run_actors_lossearch_does_not_use(ray_local, tmp_path):
+    """Ray Train V2 still names these callbacks so; lossearch's trainer has all the others."""
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from lossearch.ray_train import build_trainer
+
+    cfg = load_config()
+    ours = build_trainer(cfg, storage_path=str(tmp_path), name="ours")
+    stock = TorchTrainer(
+        lambda: None,
+        scaling_config=ScalingConfig(num_workers=1),
+        run_config=RunConfig(name="stock", storage_path=str(tmp_path)),
+    )
+    unused = ray_internals.UNUSED_TRAIN_CALLBACKS
+    ours_names = [type(cb).__name__ for cb in ours._create_default_callbacks()]
+    stock_names = [type(cb).__name__ for cb in stock._create_default_callbacks()]
+    assert unused <= set(stock_names)
+    assert ours_names == [n for n in stock_names if n not in unused]
+
+
+def test_train_report_logger_is_still_named_by_its_file():
+    module = importlib.import_module(ray_internals.TRAIN_CONTEXT_MODULE)
+    assert "logging.getLogger(__file__)" in inspect.getsource(module)
+    assert "def report(" in inspect.getsource(module)
+
+
+def test_placement_group_ids_still_parse_from_hex():
+    from ray._raylet import PlacementGroupID
+
+    pg = PlacementGroupID.from_random()
+    assert PlacementGroupID.from_hex(pg.hex()) == pg
+    ray_internals.remove_placement_group(pg.hex())  # unknown to Ray (none running): no error
+
+
+def test_tune_still_stops_gracefully_on_sigusr1():
+    assert "signal.SIGUSR1" in _ray_source("tune", "tune.py")
+    previous = signal.signal(signal.SIGUSR1, signal.SIG_DFL)
+    try:
+        assert ray_internals.stop_tune() is False  # no Tune run listening
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
