@@ -10,12 +10,14 @@ validation split after each epoch):
   actors reused from trial to trial), ``scaling.cpus_per_worker: 0.99``.
 * plain: the same 4 configs (``trial_to_config`` of each grid point, exactly what the trials
   train) one after another through ``lossearch.fit.fit`` in this process, no Ray
-  (``plain_train(..., like="trial")`` from ``benchmarks/train_step.py``: what a trial does
-  around ``fit``, each epoch's checkpoint copied into a run folder).
-* sequential: the same 4 configs one after another through ``lossearch.train.train``, each a
-  Ray Train run (a controller and a worker process), in the same Ray session. ``train``
-  also scores the test split after the last epoch, which a trial does not: the configs set
-  ``task.test_size: 8`` (one short generation batch) to keep that extra work small.
+  (``plain_train`` from ``benchmarks/train_step.py``: what a trial does around ``fit``,
+  each epoch's checkpoint copied into a run folder).
+* sequential: the same 4 configs one after another through ``lossearch.train.train``, what
+  ``lossearch train`` runs. With one worker and no cluster named it trains in this process
+  without Ray (a Ray Train run only with several workers or ``--address``); around ``fit``
+  it adds its preflight, ``config.yaml``, the final ``checkpoint/`` and ``metrics.jsonl``,
+  and it scores the test split after the last epoch, which a trial does not: the configs
+  set ``task.test_size: 8`` (one short generation batch) to keep that extra work small.
 
 The table gives each wall time and its ratio to the plain loop and to the sequential
 ``train`` runs, all measured in this one run; then, per training, what a search trial adds
@@ -161,7 +163,7 @@ def run_each(kind: str, cfgs: list[Any], work: Path) -> dict[str, float]:
     for k, cfg in enumerate(cfgs):
         t0 = time.perf_counter()
         if kind == "plain":
-            plain_train(cfg, work / f"run{k}", like="trial")
+            plain_train(cfg, work / f"run{k}")
             torch.set_num_threads(threads)  # fit sets it from cpus_per_worker
         else:
             train(cfg, work / f"run{k}")
@@ -290,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"{med([t['first'] for t in trials]) if trials else float('nan'):.1f}",
                 "",
             ],
-            ["lossearch.train.train (Ray Train run)", "", f"{train_over:+.1f}"],
+            ["lossearch.train.train", "", f"{train_over:+.1f}"],
             [f"search, amortized: (2 x search - plain {n}) / {n}", "", f"{amortized:+.1f}"],
         ],
     )

@@ -13,14 +13,14 @@ can:
    rounds of one step per variant between CE steps (as many rounds as fit in ~2 minutes),
    plus the loss alone (forward + backward on fixed logits, repeated) so that the small
    difference is not lost in step noise. Skipped with ``--quick``.
-3. One training through ``lossearch.train.train`` (Ray Train V2: a controller and a worker
-   process running ``lossearch.fit.fit``, reports and checkpoints through Ray) against
-   ``lossearch.fit.fit`` called in this process without Ray (``plain_train``), with what
-   ``train`` does around it: preflight, ``config.yaml``, each epoch's checkpoint copied into
-   the run directory (2 kept), the test split scored after the last epoch, the final
-   ``checkpoint/``, test records and ``metrics.jsonl``. Ray's report times are when each
-   epoch's checkpoint folder appears in its run directory (``NewEntries``, a thread that
-   lists it); nothing in lossearch is patched.
+3. ``lossearch.train.train`` two ways: as a Ray Train V2 run (a controller and a worker
+   process running ``lossearch.fit.fit``, reports and checkpoints through Ray; asked for by
+   passing the local Ray's address) against its one-worker path without Ray (``fit`` in
+   this process, checkpoints copied into the run directory by ``save_to_run``). Everything
+   else is the same code: preflight, ``config.yaml``, 2 checkpoints kept, the test split
+   scored after the last epoch, the final ``checkpoint/``, test records and
+   ``metrics.jsonl``. Report times are when each epoch's checkpoint folder appears in the
+   run directory (``NewEntries``, a thread that lists it); nothing in lossearch is patched.
    Full size: the default config (arith, tiny, 200 steps per epoch, eval on 200) with as many
    epochs as make the plain loop take ~2 minutes (a 1-epoch plain run is timed first;
    ``--ray-epochs N`` fixes it). Runs alternate plain, Ray, Ray, plain.
@@ -374,60 +374,30 @@ def bench_100m(
 # --------------------------------------------------------------------------- part 3: Ray
 
 
-def plain_train(
-    cfg: Any, out_dir: str | Path, *, like: str = "train"
-) -> tuple[dict[str, Any], list[float]]:
-    """One training through ``lossearch.fit.fit`` without Ray; returns ``(last metrics, epoch
-    end times)``, the times ``time.time()`` when each epoch's checkpoint is in the run folder.
+def plain_train(cfg: Any, out_dir: str | Path) -> tuple[dict[str, Any], list[float]]:
+    """One training as a one-worker search trial runs it, minus Tune: ``lossearch.fit.fit``
+    in this process, each epoch's checkpoint copied into the run folder ``out_dir/plain_train``
+    by ``checkpointing.save_to_run`` (2 kept) before the report (``lossearch.search.trial``).
 
-    ``fit`` is the training of both ways Ray runs it, so only what surrounds it is done
-    here, the same as the Ray side does it:
-
-    - ``like="trial"``, what a one-worker search trial does (``lossearch.search.trial``):
-      ``fit`` on the validation split only, each epoch's checkpoint copied into the run
-      folder by ``checkpointing.save_to_run`` (2 kept) before the report;
-    - ``like="train"``, what ``lossearch.train.train`` does around its Ray Train run:
-      ``preflight`` and ``config.yaml`` first, ``fit`` with the test split scored after the
-      last epoch, each epoch's checkpoint copied into the run folder (2 kept, as
-      ``CheckpointConfig(num_to_keep=2)``), then ``checkpoint/``, the per-question test
-      records and ``metrics.jsonl``.
+    Returns the last epoch's metrics and the time (``time.time()``) each epoch's report ended.
     """
-    import json
-
-    from lossearch.checkpointing import latest_checkpoint, save_to_run
-    from lossearch.config import dump_config
+    from lossearch.checkpointing import save_to_run
     from lossearch.fit import fit
-    from lossearch.preflight import preflight
 
-    if like not in ("train", "trial"):
-        raise ValueError(f"like must be 'train' or 'trial', not {like!r}")
-    out = Path(out_dir).resolve()
-    run = out / "plain_train"
-    test = like == "train"
-    if test:
-        preflight(cfg, test=True)
-        out.mkdir(parents=True, exist_ok=True)
-        dump_config(cfg, out / "config.yaml")
+    run = str(Path(out_dir).resolve() / "plain_train")
     ends: list[float] = []
 
     def report(metrics: dict[str, Any], checkpoint_dir: str | None) -> None:
         if checkpoint_dir is not None:
-            save_to_run(str(run), checkpoint_dir, int(metrics["epoch"]))
+            save_to_run(run, checkpoint_dir, int(metrics["epoch"]))
         ends.append(time.time())
 
-    history = fit(cfg, report, test=test)
-    if test:
-        final = out / "checkpoint"
-        shutil.rmtree(final, ignore_errors=True)
-        shutil.copytree(latest_checkpoint(run), final)
-        for record in final.glob("test_predictions.seed*.jsonl"):
-            shutil.copy2(record, out / record.name)
-        (out / "metrics.jsonl").write_text("".join(json.dumps(h) + "\n" for h in history))
+    history = fit(cfg, report)
     return history[-1], ends
 
 
 class NewEntries:
-    """When entries named ``pattern`` first appear in the folder ``root``: a thread lists it
+    """When folders named ``pattern`` first appear in the folder ``root``: a thread lists it
     every ``interval`` seconds while the context is open.
 
     Gives a Ray Train run's report times from outside: each report's checkpoint becomes a
@@ -443,7 +413,8 @@ class NewEntries:
     def _poll(self) -> None:
         now = time.time()
         for entry in self.root.glob(self.pattern):
-            self.seen.setdefault(entry.name, now)
+            if entry.is_dir():  # not Train V2's checkpoint_manager_snapshot.json
+                self.seen.setdefault(entry.name, now)
 
     def _watch(self) -> None:
         while not self._stop.wait(self.interval):
@@ -462,14 +433,21 @@ class NewEntries:
         return sorted(self.seen.values())
 
 
-def ray_train_timed(cfg: Any, out_dir: Path) -> tuple[dict[str, Any], list[float]]:
-    """``lossearch.train.train(cfg, out_dir)``; returns its metrics and the report times
-    (when each epoch's checkpoint folder appears in the Ray Train run, ``out_dir/ray_train``).
+def train_timed(cfg: Any, out_dir: Path, on_ray: bool) -> tuple[dict[str, Any], list[float]]:
+    """``lossearch.train.train(cfg, out_dir)``; returns its metrics and its report times:
+    when each epoch's checkpoint folder appears in the run directory.
+
+    ``on_ray``: a Ray Train run (``out_dir/ray_train``), asked for by naming the running
+    local Ray's address; else ``train``'s own one-worker path, ``fit`` in this process
+    without Ray (``out_dir/checkpoints``).
     """
+    import ray
+
     from lossearch.train import train
 
-    with NewEntries(Path(out_dir) / "ray_train") as seen:
-        final = train(cfg, out_dir)
+    address = ray.get_runtime_context().gcs_address if on_ray else None
+    with NewEntries(Path(out_dir) / ("ray_train" if on_ray else "checkpoints")) as seen:
+        final = train(cfg, out_dir, address=address)
     return final, seen.times()
 
 
@@ -572,11 +550,8 @@ def bench_ray(cfg: Any, rounds: int) -> list[list[str]]:
             for kind in pair:
                 out = work / f"{kind}{i}"
                 start = time.time()
-                if kind == "plain":
-                    final, ends = plain_train(cfg, out)
-                    torch.set_num_threads(threads)
-                else:
-                    final, ends = ray_train_timed(cfg, out)
+                final, ends = train_timed(cfg, out, on_ray=kind == "ray")
+                torch.set_num_threads(threads)  # fit sets it from cpus_per_worker
                 stop = time.time()
                 runs[kind].append(
                     {
@@ -625,15 +600,15 @@ def bench_ray(cfg: Any, rounds: int) -> list[list[str]]:
     ]
     steps = cfg.optim.epochs * (len_train(cfg) // cfg.optim.batch_size)
     print_table(
-        f"Part 3: lossearch.train.train (Ray Train V2) vs the same work in a plain loop; "
+        f"Part 3: lossearch.train.train on Ray Train V2 vs without Ray (plain); "
         f"{cfg.optim.epochs} epochs, {steps} steps, eval on {cfg.task.val_size} each epoch; "
         f"median of {rounds} run(s) each; ray.init once: {t_init:.1f} s",
         ["", "plain s", "Ray s", "Ray - plain", "Ray / plain"],
         rows,
     )
     print(
-        "  (Ray times per epoch are when the epoch's checkpoint folder appears in the Ray\n"
-        "   Train run; plain times when its copy into the run folder is done. Ray's 'to end\n"
+        "  (Times per epoch are when the epoch's checkpoint folder appears in the run\n"
+        "   directory: Ray Train's ray_train/ or the plain path's checkpoints/. Ray's 'to end\n"
         "   of epoch 1' includes starting the controller and worker processes, the worker's\n"
         "   imports and the worker group. No-op run: a trainer whose loop only reports, with\n"
         "   a 1-file checkpoint each time: Ray\n"
