@@ -36,6 +36,7 @@ def train(
     out_dir: str | Path | None = None,
     address: str | None = None,
     announce: Callable[[str], None] | None = None,
+    log_to: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """Run one training and write the run directory; returns the last epoch's metrics.
 
@@ -45,6 +46,8 @@ def train(
     ``announce`` (``lossearch train`` passes ``typer.echo``) gets ``run: DIR`` once
     ``config.yaml`` is written. A stop signal (SIGINT, SIGTERM) while it trains raises
     :class:`~lossearch.interrupt.Interrupted` naming the command that resumes the run.
+    ``log_to`` (trackers of :mod:`lossearch.tracking`) also logs every epoch to them, under
+    ``<run>/tracking/``; only for a run in this process.
     """
     out = Path(out_dir) if out_dir is not None else default_run_dir(cfg)
     out = out.resolve()
@@ -52,6 +55,11 @@ def train(
         raise LossearchError(f"--out is not a directory: {out}")
     if out.exists() and any(out.iterdir()) and not (out / "config.yaml").exists():
         raise LossearchError(f"output directory is not empty and not a lossearch run: {out}")
+    if log_to and not in_process(cfg, address):
+        raise LossearchError(
+            "--log-to: tracking a multi-worker or cluster (--address) train run is not "
+            "supported yet; use lossearch search/confirm, or one worker without --address"
+        )
     from lossearch.preflight import preflight
 
     preflight(cfg, test=True)  # bad data, model path, lengths: one line now, not in a worker
@@ -65,7 +73,7 @@ def train(
         announce(f"run: {out}")
     try:
         if in_process(cfg, address):
-            open_final = _fit_here(cfg, out)
+            open_final = _fit_here(cfg, out, log_to)
         else:
             open_final = _fit_on_ray(cfg, out, address)
     except KeyboardInterrupt:  # SIGINT or SIGTERM under the command's catch_stop_signals
@@ -91,9 +99,13 @@ def in_process(cfg: TrainConfig, address: str | None) -> bool:
     return cfg.scaling.num_workers == 1 and not (address or os.environ.get("RAY_ADDRESS"))
 
 
-def _fit_here(cfg: TrainConfig, out: Path) -> Callable[[], AbstractContextManager[Any]]:
-    """:func:`lossearch.fit.fit` in this process, checkpoints in ``out/checkpoints``."""
+def _fit_here(
+    cfg: TrainConfig, out: Path, log_to: tuple[str, ...] = ()
+) -> Callable[[], AbstractContextManager[Any]]:
+    """:func:`lossearch.fit.fit` in this process, checkpoints in ``out/checkpoints``, every
+    epoch also logged to the trackers ``log_to``."""
     from lossearch.fit import NonFiniteLoss, fit
+    from lossearch.tracking import tracked
 
     run = str(out / "checkpoints")
 
@@ -101,9 +113,10 @@ def _fit_here(cfg: TrainConfig, out: Path) -> Callable[[], AbstractContextManage
         if checkpoint_dir is not None:
             save_to_run(run, checkpoint_dir, int(metrics["epoch"]))
 
-    with latest_in_run(run) as resume_from:
+    with latest_in_run(run) as resume_from, \
+            tracked(report, log_to, out, name=cfg.name, config=cfg.to_dict()) as report_all:
         try:
-            fit(cfg, report, test=True, resume_from=resume_from)
+            fit(cfg, report_all, test=True, resume_from=resume_from)
         except NonFiniteLoss as err:
             raise LossearchError(f"training diverged: {err}") from None
     return lambda: latest_in_run(run)

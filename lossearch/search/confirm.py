@@ -208,8 +208,13 @@ def confirm(
     max_failures: int = 0,
     verbose: int = 1,
     announce: Callable[[str], None] | None = None,
+    log_to: tuple[str, ...] = (),
 ) -> ConfirmPlan:
     """Run (or continue) the confirm stage of ``exp``; returns its plan (``confirm.yaml``).
+
+    ``verbose``: 0 silent, 1 lossearch's live view, 2 Ray's own output
+    (:mod:`lossearch.search.progress`); ``log_to``: trackers (:mod:`lossearch.tracking`),
+    one run per confirm run, under ``exp/tracking``.
 
     A plan already on disk is kept when it asks for the same seeds, ``top_k`` and metric;
     asking for others is an error (use another experiment copy) rather than a silent mix.
@@ -236,6 +241,9 @@ def confirm(
 
     preflight(validate(new.runs[0].config), test=True)  # the test split exists, before Ray
     check_ray_address(address)
+    from lossearch.tracking import check_destination
+
+    check_destination(log_to, exp)
     write_text(root, PLAN_FILE, yaml.safe_dump(new.model_dump(), sort_keys=False))
     runs_path = join_uri(root, "runs")
     todo = [r for r in new.runs if not file_exists(join_uri(runs_path, r.id), RESULT_FILE)]
@@ -252,7 +260,10 @@ def confirm(
         _fit(
             root,
             address,
-            lambda: _tuner(todo, runs_path, root, concurrent, max_failures, verbose),
+            lambda: _tuner(
+                todo, runs_path, root, concurrent, max_failures, verbose,
+                view={"exp": exp, "metric": new.metric, "log_to": log_to},
+            ),
             resume_hint=f"continue with: lossearch confirm {exp} --seeds {len(new.seeds)} "
             f"--top {new.top_k}",
             unit="confirm run",
@@ -268,12 +279,15 @@ def confirm(
 
 def _tuner(
     todo: list[PlannedRun], runs_path: str, root: str, max_concurrent: int,
-    max_failures: int, verbose: int,
+    max_failures: int, verbose: int, view: dict[str, Any] | None = None,
 ) -> Any:
-    """A Tune grid with one trial per confirm run, at most ``max_concurrent`` at once."""
+    """A Tune grid with one trial per confirm run, at most ``max_concurrent`` at once;
+    ``view`` (``exp``, ``metric``, ``log_to``): the live view's metric and the trackers."""
     from ray import tune
 
+    from lossearch.search.progress import describe, flat_loss, live_view
     from lossearch.search.trial import in_trial_process, trial_resources, tune_failures
+    from lossearch.tracking import tune_callbacks
 
     fn = tune.with_parameters(
         run_confirm_trial,
@@ -283,6 +297,15 @@ def _tuner(
     )
     config = todo[0].config  # the runs differ in loss and optimiser, not in scaling
     in_process = in_trial_process(config)
+    view = view or {}
+    out = live_view(
+        verbose=verbose, total=len(todo),
+        metrics=[view.get("metric", ""), f"test/{view.get('metric', '')}"],
+        epochs=int(config["optim"]["epochs"]), columns={"run": "run"},
+        descriptions={r.id: describe(flat_loss(r.family, r.config)) for r in todo},
+        unit="confirm run",
+    )
+    trackers = tune_callbacks(view.get("log_to", ()), view.get("exp", root), stage="confirm")
     return tune.Tuner(
         tune.with_resources(fn, trial_resources(config)),
         param_space={"run": tune.grid_search([r.id for r in todo])},
@@ -293,6 +316,7 @@ def _tuner(
             name=f"tune-{time.strftime('%Y%m%d-%H%M%S')}",
             storage_path=root,
             failure_config=tune.FailureConfig(max_failures=tune_failures(config, max_failures)),
-            verbose=verbose,
+            callbacks=out["callbacks"] + trackers,
+            **out["run_config"],
         ),
     )

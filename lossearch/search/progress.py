@@ -1,0 +1,215 @@
+"""The live view of a search or confirm: Ray Tune's progress table, one line per ended trial.
+
+Ray Tune 2.60 prints progress through its newer output engine (``RAY_AIR_NEW_OUTPUT``, on by
+default), which ignores ``RunConfig(progress_reporter=...)`` ("AIR_VERBOSITY is set, ignoring
+passed-in ProgressReporter") and prints a result box of every metric when a trial ends (every
+epoch at verbosity 2). With ``RAY_AIR_NEW_OUTPUT=0`` Tune uses its classic reporters, whose
+:class:`ray.tune.CLIReporter` takes the table's columns (``parameter_columns``,
+``metric_columns``) and, at ``verbose=1``, prints the status table only.
+
+So by default (``verbose=1``) lossearch sets ``RAY_AIR_NEW_OUTPUT=0`` in the driver and gives
+Tune a ``CLIReporter`` whose table holds, per trial, its status, loss family, the family's
+own parameters, the CE mixing weight, learning rate, epoch and the metric(s); it prints the
+table when a trial's status or epoch changed (at most every ``max_report_frequency``
+seconds) and at the end, rather than every 5 s. What lossearch adds is
+:class:`TrialLines`, a Tune callback printing one line per ended trial::
+
+    trial 3/8 focal w_ce=0.6 γ=2.1 lr=3.1e-3 → exact_match 0.57 (2 epochs, 41 s)
+
+``verbose=2`` (``-v``) leaves Ray's own output engine at its default verbosity, as Ray prints
+it; ``verbose=0`` prints nothing.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from ray import tune
+
+from lossearch.search.trial_config import CE_WEIGHT_KEY, FAMILY_KEY
+
+NEW_OUTPUT = "RAY_AIR_NEW_OUTPUT"
+LR_KEY = "optim.lr"
+_SYMBOLS = {
+    "alpha": "α", "beta": "β", "gamma": "γ", "delta": "δ", "epsilon": "ε", "lambda": "λ",
+    "tau": "τ", "temperature": "τ",
+}
+_user_new_output = os.environ.get(NEW_OUTPUT)  # the user's own setting, restored by -v
+
+
+def label(key: str) -> str:
+    """A short name for a flat config key: ``loss.focal.gamma`` → ``γ``, ``loss.ce.weight``
+    → ``w_ce``, ``optim.lr`` → ``lr``."""
+    if key == CE_WEIGHT_KEY:
+        return "w_ce"
+    if key == LR_KEY:
+        return "lr"
+    name = key.rsplit(".", 1)[-1]
+    return _SYMBOLS.get(name, name)
+
+
+def fmt_value(value: Any) -> str:
+    """A compact number (``2.1``, ``0.6``, ``3.1e-3``); anything else as ``str``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return str(value)
+    if isinstance(value, int):
+        return str(value)
+    if value == 0 or not math.isfinite(value) or 1e-2 <= abs(value) < 1e4:
+        return f"{value:.3g}"
+    mantissa, exponent = f"{value:.1e}".split("e")
+    return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
+
+
+def _own_params(flat: Mapping[str, Any]) -> list[str]:
+    """The loss-parameter keys of a flat trial config: the CE mixing weight, then the
+    family's own (its derived ``loss.<family>.weight`` left out)."""
+    family = flat.get(FAMILY_KEY)
+    keys = [CE_WEIGHT_KEY] if CE_WEIGHT_KEY in flat else []
+    keys += sorted(
+        k for k in flat
+        if k.startswith(f"loss.{family}.") and k != f"loss.{family}.weight"
+    )
+    return [k for k in keys if flat[k] is not None]
+
+
+def describe(flat: Mapping[str, Any]) -> str:
+    """``focal w_ce=0.6 γ=2.1 lr=3.1e-3`` for a flat trial config."""
+    parts = [str(flat.get(FAMILY_KEY, "?"))]
+    keys = _own_params(flat) + ([LR_KEY] if flat.get(LR_KEY) is not None else [])
+    parts += [f"{label(k)}={fmt_value(flat[k])}" for k in keys]
+    return " ".join(parts)
+
+
+def search_columns(points: Iterable[Mapping[str, Any]]) -> dict[str, str]:
+    """Progress-table parameter columns (key → header) over flat configs a search can make:
+    family, CE weight, every family's own parameters (``focal.γ``), learning rate."""
+    own: dict[str, None] = {}
+    for flat in points:
+        own.update(dict.fromkeys(_own_params(flat)))
+    columns = {FAMILY_KEY: "family"}
+    for key in sorted(own, key=lambda k: (k != CE_WEIGHT_KEY, k)):
+        columns[key] = label(key) if key == CE_WEIGHT_KEY else f"{key.split('.')[1]}.{label(key)}"
+    columns[LR_KEY] = "lr"
+    return columns
+
+
+class LiveTable(tune.CLIReporter):
+    """Ray's ``CLIReporter``, printed when a trial's status or epoch changed (at most every
+    ``max_report_frequency`` seconds) and at the end, instead of every few seconds."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._shown: tuple = ()
+        self._shown_at = 0.0
+        self._every = float(kwargs.get("max_report_frequency", 5))
+
+    def should_report(self, trials: list, done: bool = False) -> bool:
+        state = tuple((t.trial_id, t.status, (t.last_result or {}).get("epoch")) for t in trials)
+        if done or (state != self._shown and time.time() - self._shown_at >= self._every):
+            self._shown, self._shown_at = state, time.time()
+            return True
+        return False
+
+
+class TrialLines(tune.Callback):
+    """One line per ended trial: ``trial 3/8 <description> → <metric> <value> (<epochs>,
+    <seconds> s)``; an errored trial's line gives the error's last line instead of metrics.
+
+    ``descriptions`` maps a trial config's ``run`` to its description (confirm runs); a
+    search trial is described from its flat config (:func:`describe`).
+    """
+
+    def __init__(
+        self, total: int, metrics: list[str], epochs: int,
+        descriptions: Mapping[str, str] | None = None, unit: str = "trial",
+    ) -> None:
+        self.total, self.metrics, self.epochs = total, list(metrics), epochs
+        self.descriptions, self.unit = dict(descriptions or {}), unit
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        print(self.line(trials, trial), flush=True)
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        print(self.line(trials, trial, error=_error_line(trial)), flush=True)
+
+    def line(self, trials: list, trial: Any, error: str | None = None) -> str:
+        ended = 1 + sum(
+            1 for t in trials if t is not trial and t.status in ("TERMINATED", "ERROR")
+        )
+        config = trial.config or {}
+        what = self.descriptions.get(config.get("run")) or describe(config)
+        result = trial.last_result or {}
+        if error is not None:
+            outcome = f"error: {error}"
+        else:
+            outcome = ", ".join(
+                f"{m} {fmt_value(result[m])}" if isinstance(result.get(m), (int, float))
+                else f"no {m}"
+                for m in self.metrics
+            )
+        epoch = int(result.get("epoch") or 0)
+        epochs = f"{epoch} epoch{'s' * (epoch != 1)}"
+        if epoch < self.epochs and error is None:
+            epochs = f"stopped after {epoch} of {self.epochs} epochs"
+        seconds = float(result.get("time_total_s") or 0.0)
+        total = f"/{self.total}" if self.total else ""
+        return f"{self.unit} {ended}{total} {what} → {outcome} ({epochs}, {seconds:.0f} s)"
+
+
+def _error_line(trial: Any) -> str:
+    """The last line of a trial's error trace (``TrialDiverged: loss is nan``)."""
+    try:  # the local error file Tune has just written (its copy in storage comes later)
+        text = open(trial.error_file).read() if trial.error_file else ""
+    except OSError:
+        text = ""
+    lines = [ln.strip() for ln in str(text).splitlines() if ln.strip()]
+    return lines[-1] if lines else "failed"
+
+
+def live_view(
+    *, verbose: int, total: int, metrics: list[str], epochs: int,
+    columns: Mapping[str, str], descriptions: Mapping[str, str] | None = None,
+    unit: str = "trial",
+) -> dict[str, Any]:
+    """``RunConfig`` keyword arguments (``verbose``, ``progress_reporter``) and the callbacks
+    of the live view at ``verbose`` (0 silent, 1 lossearch's view, 2 Ray's own output).
+
+    Sets ``RAY_AIR_NEW_OUTPUT=0`` in this process for verbosity 1 (read by ``Tuner.fit``),
+    and restores the user's own setting otherwise.
+    """
+    metrics = list(dict.fromkeys(m for m in metrics if m))
+    if verbose == 1:
+        os.environ[NEW_OUTPUT] = "0"
+    elif _user_new_output is None:
+        os.environ.pop(NEW_OUTPUT, None)
+    else:
+        os.environ[NEW_OUTPUT] = _user_new_output
+    if verbose != 1:
+        return {"run_config": {"verbose": min(int(verbose), 1)}, "callbacks": []}
+    reporter = LiveTable(
+        parameter_columns=dict(columns),
+        metric_columns={"epoch": "epoch", **{m: m for m in metrics}},
+        max_report_frequency=10,
+        max_column_length=24,
+    )
+    lines = TrialLines(total, metrics, epochs, descriptions, unit)
+    return {"run_config": {"verbose": 1, "progress_reporter": reporter}, "callbacks": [lines]}
+
+
+def flat_loss(family: str, config: Mapping[str, Any]) -> dict[str, Any]:
+    """The flat keys :func:`describe` shows, from a training-config tree of ``family``: its
+    CE weight (a mixed family), its own loss parameters and the learning rate."""
+    loss = config.get("loss") or {}
+    flat: dict[str, Any] = {FAMILY_KEY: family}
+    ce = loss.get("ce")
+    if family != "ce" and isinstance(ce, Mapping) and ce.get("weight"):
+        flat[CE_WEIGHT_KEY] = ce["weight"]
+    own = loss.get(family)
+    if isinstance(own, Mapping):
+        flat.update({f"loss.{family}.{k}": v for k, v in own.items() if k != "weight"})
+    flat[LR_KEY] = (config.get("optim") or {}).get("lr")
+    return flat
