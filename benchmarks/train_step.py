@@ -611,8 +611,8 @@ def bench_ray(cfg: Any, rounds: int) -> list[list[str]]:
         "   directory: Ray Train's ray_train/ or the plain path's checkpoints/. Ray's 'to end\n"
         "   of epoch 1' includes starting the controller and worker processes, the worker's\n"
         "   imports and the worker group. No-op run: a trainer whose loop only reports, with\n"
-        "   a 1-file checkpoint each time: Ray\n"
-        "   Train's own cost per run, as lossearch configures it and at Ray's defaults.\n"
+        "   a 1-file checkpoint each time: Ray Train's own cost per run, as lossearch\n"
+        "   configures it and at Ray's defaults.\n"
         "   Cold import: a fresh Python importing what the worker needs, paid by every\n"
         "   Ray run and not by the plain loop.)"
     )
