@@ -47,6 +47,13 @@ def test_search_columns_order_family_weight_params_lr():
         "loss.family": "family", "loss.ce.weight": "w_ce", "loss.focal.gamma": "focal.γ",
         "optim.lr": "lr",
     }
+    assert "optim.lr" not in search_columns([ce])  # not searched: no column
+
+
+def test_a_fixed_learning_rate_comes_from_the_defaults():
+    lines = TrialLines(total=1, metrics=["m"], epochs=1, defaults={"optim.lr": 5e-3})
+    t = _trial("a", "RUNNING", {"loss.family": "ce"}, {"epoch": 1, "m": 1, "time_total_s": 1})
+    assert lines.line([t], t).startswith("trial 1/1 ce lr=5e-3 → m 1 ")
 
 
 def test_flat_loss_reads_a_training_config_tree():

@@ -86,14 +86,18 @@ def describe(flat: Mapping[str, Any]) -> str:
 
 def search_columns(points: Iterable[Mapping[str, Any]]) -> dict[str, str]:
     """Progress-table parameter columns (key → header) over flat configs a search can make:
-    family, CE weight, every family's own parameters (``focal.γ``), learning rate."""
+    family, CE weight, every family's own parameters (``focal.γ``), learning rate (where
+    searched)."""
     own: dict[str, None] = {}
+    lr = False
     for flat in points:
         own.update(dict.fromkeys(_own_params(flat)))
+        lr = lr or flat.get(LR_KEY) is not None
     columns = {FAMILY_KEY: "family"}
     for key in sorted(own, key=lambda k: (k != CE_WEIGHT_KEY, k)):
         columns[key] = label(key) if key == CE_WEIGHT_KEY else f"{key.split('.')[1]}.{label(key)}"
-    columns[LR_KEY] = "lr"
+    if lr:
+        columns[LR_KEY] = "lr"
     return columns
 
 
@@ -120,15 +124,18 @@ class TrialLines(tune.Callback):
     <seconds> s)``; an errored trial's line gives the error's last line instead of metrics.
 
     ``descriptions`` maps a trial config's ``run`` to its description (confirm runs); a
-    search trial is described from its flat config (:func:`describe`).
+    search trial is described from its flat config (:func:`describe`) over ``defaults``
+    (the base config's learning rate, where the space does not search it).
     """
 
     def __init__(
         self, total: int, metrics: list[str], epochs: int,
         descriptions: Mapping[str, str] | None = None, unit: str = "trial",
+        defaults: Mapping[str, Any] | None = None,
     ) -> None:
         self.total, self.metrics, self.epochs = total, list(metrics), epochs
         self.descriptions, self.unit = dict(descriptions or {}), unit
+        self.defaults = dict(defaults or {})
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         print(self.line(trials, trial), flush=True)
@@ -141,7 +148,9 @@ class TrialLines(tune.Callback):
             1 for t in trials if t is not trial and t.status in ("TERMINATED", "ERROR")
         )
         config = trial.config or {}
-        what = self.descriptions.get(config.get("run")) or describe(config)
+        what = self.descriptions.get(config.get("run")) or describe(
+            {**self.defaults, **config}
+        )
         result = trial.last_result or {}
         if error is not None:
             outcome = f"error: {error}"
@@ -173,7 +182,7 @@ def _error_line(trial: Any) -> str:
 def live_view(
     *, verbose: int, total: int, metrics: list[str], epochs: int,
     columns: Mapping[str, str], descriptions: Mapping[str, str] | None = None,
-    unit: str = "trial",
+    unit: str = "trial", defaults: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """``RunConfig`` keyword arguments (``verbose``, ``progress_reporter``) and the callbacks
     of the live view at ``verbose`` (0 silent, 1 lossearch's view, 2 Ray's own output).
@@ -182,12 +191,7 @@ def live_view(
     and restores the user's own setting otherwise.
     """
     metrics = list(dict.fromkeys(m for m in metrics if m))
-    if verbose == 1:
-        os.environ[NEW_OUTPUT] = "0"
-    elif _user_new_output is None:
-        os.environ.pop(NEW_OUTPUT, None)
-    else:
-        os.environ[NEW_OUTPUT] = _user_new_output
+    resume_view(verbose)
     if verbose != 1:
         return {"run_config": {"verbose": min(int(verbose), 1)}, "callbacks": []}
     reporter = LiveTable(
@@ -196,8 +200,34 @@ def live_view(
         max_report_frequency=10,
         max_column_length=24,
     )
-    lines = TrialLines(total, metrics, epochs, descriptions, unit)
+    lines = TrialLines(total, metrics, epochs, descriptions, unit, defaults)
     return {"run_config": {"verbose": 1, "progress_reporter": reporter}, "callbacks": [lines]}
+
+
+def resume_view(verbose: int) -> None:
+    """Choose Tune's output engine for ``verbose`` (1: the classic one, which prints the
+    ``CLIReporter`` of :func:`live_view`; else the user's own setting, by default Ray's new
+    engine). A resumed search gets its reporter and callbacks back from Tune's saved state, so
+    the engine is all there is to choose."""
+    if verbose == 1:
+        os.environ[NEW_OUTPUT] = "0"
+    elif _user_new_output is None:
+        os.environ.pop(NEW_OUTPUT, None)
+    else:
+        os.environ[NEW_OUTPUT] = _user_new_output
+
+
+def search_view(sp: Any, meta: Mapping[str, Any], verbose: int) -> dict[str, Any]:
+    """:func:`live_view` of a search over the space ``sp`` (a ``SearchSpace``) described by
+    its ``meta`` (``lossearch_search.yaml``): a column for every loss parameter it can set."""
+    points = list(sp.grid) or [
+        {**dict.fromkeys(sp.keys_for(name), 0.0), FAMILY_KEY: name} for name in sp.family_names
+    ]
+    return live_view(
+        verbose=verbose, total=int(meta["num_samples"]), metrics=[meta["metric"]],
+        epochs=int(meta["base_config"]["optim"]["epochs"]), columns=search_columns(points),
+        defaults={LR_KEY: meta["base_config"]["optim"]["lr"]},
+    )
 
 
 def flat_loss(family: str, config: Mapping[str, Any]) -> dict[str, Any]:
