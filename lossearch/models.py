@@ -34,10 +34,10 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import peft
 import torch
 from tokenizers import Regex, Tokenizer, decoders, pre_tokenizers, processors
 from tokenizers.models import WordLevel
@@ -56,6 +56,9 @@ from transformers.pytorch_utils import Conv1D
 from lossearch.config import LoraConfig as LoraSpec
 from lossearch.config import ModelConfig
 from lossearch.errors import LossearchError
+
+if TYPE_CHECKING:
+    import peft
 
 TINY = "tiny"
 
@@ -407,6 +410,8 @@ def _add_lora(model: PreTrainedModel, lora: LoraSpec, seed: int) -> peft.PeftMod
             f"LoRA target modules not found in the model: {', '.join(missing or targets)} "
             f"(linear layers in this model: {', '.join(_leaf_linear_names(model))})"
         )
+    import peft  # imported only where LoRA is used: it adds seconds to every process start
+
     fan_in_fan_out = any(isinstance(m, Conv1D) for m in matched)
     config = peft.LoraConfig(
         r=lora.r,
@@ -441,7 +446,7 @@ def save_model(
     """
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    if isinstance(model, peft.PeftModel):
+    if is_peft(model):
         model.save_pretrained(path, save_embedding_layers=False)
     else:
         model.save_pretrained(path)
@@ -486,6 +491,8 @@ def load_checkpoint(
         base, _ = _load_pretrained(cfg.name_or_path, cfg.dtype)
         if cfg.gradient_checkpointing:
             _enable_gradient_checkpointing(base, for_lora=True)
+        import peft
+
         model: PreTrainedModel = peft.PeftModel.from_pretrained(base, path, is_trainable=True)
         tokenizer = AutoTokenizer.from_pretrained(path)
         _set_padding(model, tokenizer, str(path))
@@ -512,11 +519,13 @@ def load_weights(model: torch.nn.Module, path: str | Path) -> None:
     if not path.is_dir():
         raise LossearchError(f"checkpoint does not exist: {path}")
     adapter = is_adapter_checkpoint(path)
-    if adapter != isinstance(model, peft.PeftModel):
+    if adapter != is_peft(model):
         kind = "a LoRA adapter" if adapter else "full model weights"
-        what = "a LoRA" if isinstance(model, peft.PeftModel) else "a full (non-LoRA)"
+        what = "a LoRA" if is_peft(model) else "a full (non-LoRA)"
         raise LossearchError(f"checkpoint {path} holds {kind}, but the model is {what} model")
     if adapter:
+        import peft
+
         weights = peft.utils.load_peft_weights(str(path), device="cpu")
         result = peft.set_peft_model_state_dict(model, weights)
         missing = [k for k in result.missing_keys if "lora_" in k]
@@ -528,6 +537,13 @@ def load_weights(model: torch.nn.Module, path: str | Path) -> None:
     dtype = next(model.parameters()).dtype
     saved = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype)
     model.load_state_dict(saved.state_dict())
+
+
+def is_peft(model: Any) -> bool:
+    """Whether ``model`` is a ``peft.PeftModel`` (False without importing peft: a process
+    that never imported it holds no such model)."""
+    peft_module = sys.modules.get("peft")
+    return peft_module is not None and isinstance(model, peft_module.PeftModel)
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:

@@ -505,3 +505,21 @@ def test_load_weights_in_place_lora(model_dirs: dict[str, Path], tmp_path: Path)
     assert torch.equal(_logits(saved, batch), _logits(model, batch))
     with pytest.raises(LossearchError, match="holds a LoRA adapter"):
         load_weights(build_tiny_model(), tmp_path / "ckpt")
+
+
+def test_peft_is_imported_only_where_lora_is_used():
+    """peft costs seconds of every trial process's start: a model without LoRA never loads it."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from lossearch.config import ModelConfig\n"
+        "from lossearch.models import load_model_and_tokenizer, save_model\n"
+        "import tempfile\n"
+        "model, tok = load_model_and_tokenizer(ModelConfig(), seed=0)\n"
+        "save_model(model, tok, tempfile.mkdtemp())\n"
+        "print('peft' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
