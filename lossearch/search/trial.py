@@ -62,7 +62,7 @@ def run_trial(
     """Tune function trainable: train the sampled ``config`` over ``base`` for ``seeds``."""
     from ray import tune
 
-    from lossearch.search.space import trial_to_config
+    from lossearch.search.trial_config import trial_to_config
 
     cfg = trial_to_config(base, config)
     name = tune.get_context().get_trial_id()
