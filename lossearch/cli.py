@@ -94,6 +94,14 @@ def search(
         None, "--confirm-seeds",
         help="Then confirm: re-train each family's best under S seeds, score on test.",
     ),
+    warm_start: list[str] = typer.Option(
+        None, "--warm-start",
+        help="EXP [EXP ...]: start from earlier experiments of the same space (not re-run).",
+    ),
+    optuna_storage: str = typer.Option(
+        None, "--optuna-storage",
+        help="Database URL for the Optuna study (default: a journal file in the experiment).",
+    ),
     overrides: list[str] = typer.Argument(None, help="key=value overrides of the base config."),
 ) -> None:
     """Search loss family, its parameters and learning rate with Ray Tune + Optuna.
@@ -105,6 +113,9 @@ def search(
 
     if confirm_seeds is not None and confirm_seeds < 1:
         raise LossearchError(f"--confirm-seeds must be at least 1, got {confirm_seeds}")
+    if warm_start:  # `--warm-start A B`: B, not a key=value, is an experiment too
+        warm_start += [o for o in overrides or [] if "=" not in o]
+        overrides = [o for o in overrides or [] if "=" in o]
 
     exp = run_search(
         space,
@@ -122,6 +133,8 @@ def search(
         announce=typer.echo,
         per_family=per_family,
         require_test=confirm_seeds is not None,
+        warm_start=warm_start or None,
+        optuna_storage=optuna_storage,
     )
     finish_search(exp)
     if confirm_seeds is not None:

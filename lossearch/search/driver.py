@@ -124,6 +124,8 @@ def run_search(
     announce: Callable[[str], None] | None = None,
     per_family: int | None = None,
     require_test: bool = False,
+    warm_start: list[str] | None = None,
+    optuna_storage: str | None = None,
 ) -> str:
     """Run a search; returns the experiment path (local directory or URI).
 
@@ -133,7 +135,9 @@ def run_search(
     else ``exact_match``) averaged over ``seeds`` seeds per trial. ``per_family=N`` runs
     exactly N trials of every loss family (``num_samples`` must then be None or N x
     families). ``require_test`` (a confirm follows) also checks before Ray starts that the
-    test split loads. Arguments left as None take the space file's ``search:`` settings; a
+    test split loads. ``warm_start`` (earlier experiments of the same space) and
+    ``optuna_storage`` (an RDB URL for the study): see :mod:`lossearch.search.study`.
+    Arguments left as None take the space file's ``search:`` settings; a
     count below its minimum is a ``LossearchError``, raised before Ray starts.
     """
     from lossearch.config import validate
@@ -182,6 +186,11 @@ def run_search(
         raise LossearchError(
             f"experiment already exists: {exp_path} (use `lossearch resume` or another --name)"
         )
+    from lossearch.search import study
+
+    if optuna_storage:
+        study.check_storage(optuna_storage, name)
+    warm_paths, n = study.plan(sp, warm_start or [], metric, mode, n, num_samples is not None)
     meta = {
         "space": sp.raw,
         "base_config": base_cfg.to_dict(),
@@ -201,6 +210,9 @@ def run_search(
         "overrides": _plain_overrides(overrides),
         "per_family": settings["per_family"],
         "lr_range": sp.param_range("optim.lr"),
+        "study_name": name,
+        "optuna_storage": optuna_storage,
+        "warm_start": warm_paths,
     }
     _scheduler(scheduler, meta)  # validate before anything is written
     from lossearch.preflight import preflight
@@ -251,19 +263,12 @@ def _plain_overrides(overrides: list[str] | dict[str, Any] | None) -> Any:
     return list(overrides) if isinstance(overrides, list) else dict(overrides)
 
 
-def _make_searcher(sp: Any, meta: dict[str, Any]) -> Any:
-    """Ray Tune's ``OptunaSearch`` over the space (per-family budgets from ``meta``)."""
-    from ray.tune.search.optuna import OptunaSearch
+def _make_searcher(sp: Any, meta: dict[str, Any], exp_path: str | None = None) -> Any:
+    """Ray Tune's ``OptunaSearch`` over the space (per-family budgets and warm start from
+    ``meta``), recording into ``exp_path``'s study: :func:`lossearch.search.study.make_searcher`."""
+    from lossearch.search.study import make_searcher
 
-    if meta.get("per_family"):
-        sp = sp.with_per_family(meta["per_family"])
-    return OptunaSearch(
-        space=sp.with_seeds(meta["seeds"]).define_by_run,
-        metric=meta["metric"],
-        mode=meta["mode"],
-        sampler=sp.make_sampler(meta["sampler_seed"]),
-        points_to_evaluate=[dict(p) for p in sp.settings.get("first_points") or []] or None,
-    )
+    return make_searcher(sp, meta, exp_path)
 
 
 def _build_tuner(
@@ -279,7 +284,7 @@ def _build_tuner(
         tune_failures,
     )
 
-    searcher = _make_searcher(sp, meta)
+    searcher = _make_searcher(sp, meta, exp_path)
     return tune.Tuner(
         trainable(meta, exp_path),
         tune_config=tune.TuneConfig(
