@@ -114,9 +114,11 @@ class LoraConfig(_Section):
     r: int = Field(default=8, ge=1)
     alpha: float = Field(default=16, gt=0)
     dropout: float = Field(default=0.05, ge=0, lt=1)
-    # auto: the attention projections of the model's family; paper: the paper's targets for
-    # its model families (lossearch.models.PAPER_LORA_TARGETS); or an explicit list of names
-    target_modules: Literal["auto", "paper"] | list[str] = "auto"
+    # auto: the attention projections of the model's family (peft's own default list for a
+    # family lossearch does not list); paper: the paper's targets for its model families
+    # (lossearch.models.PAPER_LORA_TARGETS); all-linear: peft's every linear layer but the
+    # output layer; or an explicit list of names
+    target_modules: Literal["auto", "paper", "all-linear"] | list[str] = "auto"
 
 
 class ModelConfig(_Section):

@@ -355,16 +355,21 @@ def lora_target_modules(model: torch.nn.Module) -> list[str]:
     """Default LoRA target module names for ``model``'s family (``model.config.model_type``).
 
     Llama, Mistral, Qwen2, StableLM: ``q_proj, k_proj, v_proj, o_proj``; GPT-NeoX (Pythia,
-    RedPajama) and Falcon: ``query_key_value``; GPT-2: ``c_attn``. A new list each call.
+    RedPajama) and Falcon: ``query_key_value``; GPT-2: ``c_attn``; any other family peft
+    knows: peft's own default list for it. A new list each call.
 
     Raises:
-        LossearchError: unknown family; the message lists the model's linear layer names and
-            how to pass ``model.lora.target_modules`` explicitly.
+        LossearchError: a family neither knows; the message lists the model's linear layer
+            names and how to pass ``model.lora.target_modules`` explicitly.
     """
+    from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as PEFT
+
     config = getattr(model, "config", None)
     model_type = getattr(config, "model_type", None)
     if model_type in LORA_TARGETS:
         return list(LORA_TARGETS[model_type])
+    if model_type in PEFT:
+        return list(PEFT[model_type])
     candidates = ", ".join(_leaf_linear_names(model))
     raise LossearchError(
         f"no default LoRA target modules for model type '{model_type}'; set them explicitly, "
@@ -394,6 +399,8 @@ def paper_lora_target_modules(model: torch.nn.Module) -> list[str]:
 
 def _add_lora(model: PreTrainedModel, lora: LoraSpec, seed: int) -> peft.PeftModel:
     """Wrap ``model`` in LoRA adapters per ``lora``; targets match the last name component."""
+    if lora.target_modules == "all-linear":
+        return _peft_wrap(model, lora, "all-linear", fan_in_fan_out=False, seed=seed)
     if lora.target_modules == "auto":
         targets = lora_target_modules(model)
     elif lora.target_modules == "paper":
@@ -410,9 +417,16 @@ def _add_lora(model: PreTrainedModel, lora: LoraSpec, seed: int) -> peft.PeftMod
             f"LoRA target modules not found in the model: {', '.join(missing or targets)} "
             f"(linear layers in this model: {', '.join(_leaf_linear_names(model))})"
         )
+    fan_in_fan_out = any(isinstance(m, Conv1D) for m in matched)
+    return _peft_wrap(model, lora, targets, fan_in_fan_out, seed)
+
+
+def _peft_wrap(
+    model: PreTrainedModel, lora: LoraSpec, targets: Any, fan_in_fan_out: bool, seed: int
+) -> peft.PeftModel:
+    """``peft.get_peft_model`` with ``targets`` (names, or peft's ``"all-linear"``)."""
     import peft  # imported only where LoRA is used: it adds seconds to every process start
 
-    fan_in_fan_out = any(isinstance(m, Conv1D) for m in matched)
     config = peft.LoraConfig(
         r=lora.r,
         lora_alpha=lora.alpha,

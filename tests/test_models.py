@@ -402,20 +402,32 @@ def test_explicit_target_modules(model_dirs: dict[str, Path]) -> None:
         )
 
 
-def test_unknown_family_with_auto_targets(model_dirs: dict[str, Path]) -> None:
-    with pytest.raises(LossearchError, match="model type 'opt'.*target_modules"):
-        load_model_and_tokenizer(
-            ModelConfig(name_or_path=str(model_dirs["opt"]), lora=LoraConfig())
-        )
-    with pytest.raises(LossearchError, match="q_proj"):  # lists the model's linear layers
-        lora_target_modules(_small_model("opt"))
+def test_auto_targets_fall_back_to_peft_then_fail_naming_the_layers(
+    model_dirs: dict[str, Path],
+) -> None:
+    from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as PEFT
+
+    # OPT is not in lossearch's list: peft's own default targets for it
     model, _ = load_model_and_tokenizer(
-        ModelConfig(
-            name_or_path=str(model_dirs["opt"]),
-            lora=LoraConfig(target_modules=["q_proj", "v_proj"]),
-        )
+        ModelConfig(name_or_path=str(model_dirs["opt"]), lora=LoraConfig())
     )
-    assert isinstance(model, peft.PeftModel)
+    assert set(model.peft_config["default"].target_modules) == set(PEFT["opt"])
+    odd = _small_model("opt")
+    odd.config.model_type = "no_such_family"  # neither lossearch nor peft knows it
+    with pytest.raises(LossearchError, match="model type 'no_such_family'.*target_modules"):
+        lora_target_modules(odd)
+    with pytest.raises(LossearchError, match="q_proj"):  # lists the model's linear layers
+        lora_target_modules(odd)
+
+
+def test_all_linear_targets_every_linear_layer_but_the_output(
+    model_dirs: dict[str, Path],
+) -> None:
+    lora = LoraConfig(target_modules="all-linear")
+    cfg = ModelConfig(name_or_path=str(model_dirs["llama"]), lora=lora)
+    model, _ = load_model_and_tokenizer(cfg, seed=0)
+    wrapped = {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if hasattr(m, "lora_A")}
+    assert wrapped == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
 
 
 def test_missing_paths_and_offline_hub_id(tmp_path: Path) -> None:
