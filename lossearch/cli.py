@@ -7,6 +7,7 @@ line on stderr and exits with status 2.
 from __future__ import annotations
 
 import sys
+import typing
 
 import typer
 
@@ -38,6 +39,26 @@ def _root(
     """Find the best training loss for fine-tuning a causal LM, trial by trial on Ray."""
 
 
+def _log_to_option() -> typing.Any:
+    return typer.Option(
+        None, "--log-to",
+        help="Also log to trackers: tensorboard, mlflow, wandb (comma-separated; files in "
+        "EXP/tracking or RUN/tracking).",
+    )
+
+
+def _verbose_option() -> typing.Any:
+    return typer.Option(
+        False, "--verbose", "-v", help="Ray Tune's own output instead of lossearch's live view."
+    )
+
+
+def _trackers(value: str | None) -> tuple[str, ...]:
+    from lossearch.tracking import parse_log_to
+
+    return parse_log_to(value)  # a missing package: one line, before Ray starts
+
+
 # --- subcommands (each one imports its module lazily so `--help` stays fast) ---
 @app.command()
 def score(
@@ -62,15 +83,17 @@ def train(
     config: str = typer.Option(None, "--config", "-c", help="Training config YAML."),
     out: str = typer.Option(None, "--out", help="Run directory (default runs/<name>-<time>)."),
     address: str = typer.Option(None, "--address", help="Ray cluster address (HOST:PORT)."),
+    log_to: str = _log_to_option(),
     overrides: list[str] = typer.Argument(None, help="key=value overrides, e.g. optim.lr=3e-4."),
 ) -> None:
     """Fine-tune once with a config (for example one written by `lossearch export`)."""
+    trackers = _trackers(log_to)
     from lossearch.config import load_config
     from lossearch.fit import summary_line
     from lossearch.train import train as run_train
 
     cfg = load_config(config, overrides or [])
-    metrics = run_train(cfg, out_dir=out, address=address, announce=typer.echo)
+    metrics = run_train(cfg, out_dir=out, address=address, announce=typer.echo, log_to=trackers)
     typer.echo(f"done: {summary_line(metrics)}")
 
 
@@ -102,6 +125,8 @@ def search(
         None, "--optuna-storage",
         help="Database URL for the Optuna study (default: a journal file in the experiment).",
     ),
+    log_to: str = _log_to_option(),
+    verbose: bool = _verbose_option(),
     overrides: list[str] = typer.Argument(None, help="key=value overrides of the base config."),
 ) -> None:
     """Search loss family, its parameters and learning rate with Ray Tune + Optuna.
@@ -113,6 +138,7 @@ def search(
 
     if confirm_seeds is not None and confirm_seeds < 1:
         raise LossearchError(f"--confirm-seeds must be at least 1, got {confirm_seeds}")
+    trackers = _trackers(log_to)
     if warm_start:  # `--warm-start A B`: B, not a key=value, is an experiment too
         warm_start += [o for o in overrides or [] if "=" not in o]
         overrides = [o for o in overrides or [] if "=" in o]
@@ -135,11 +161,13 @@ def search(
         require_test=confirm_seeds is not None,
         warm_start=warm_start or None,
         optuna_storage=optuna_storage,
+        log_to=trackers,
+        verbose=2 if verbose else 1,
     )
     finish_search(exp)
     if confirm_seeds is not None:
         _confirm(exp, seeds=confirm_seeds, top_k=1, metric=metric, address=address,
-                 max_concurrent=max_concurrent)
+                 max_concurrent=max_concurrent, log_to=trackers, verbose=2 if verbose else 1)
 
 
 def _confirm(exp: str, **kwargs: object) -> None:
@@ -165,6 +193,8 @@ def confirm(
     max_concurrent: int = typer.Option(
         None, "--max-concurrent", help="Runs at once (default: the search's)."
     ),
+    log_to: str = _log_to_option(),
+    verbose: bool = _verbose_option(),
 ) -> None:
     """Re-train each family's best configs under S seeds, score on test, print the verdict.
 
@@ -172,19 +202,21 @@ def confirm(
     skips finished runs and resumes the others.
     """
     _confirm(experiment, seeds=seeds, top_k=top, metric=metric, address=address,
-             max_concurrent=max_concurrent)
+             max_concurrent=max_concurrent, log_to=_trackers(log_to),
+             verbose=2 if verbose else 1)
 
 
 @app.command()
 def resume(
     experiment: str = typer.Argument(..., help="Experiment directory or URI."),
     address: str = typer.Option(None, "--address", help="Ray cluster address (HOST:PORT)."),
+    verbose: bool = _verbose_option(),
 ) -> None:
     """Continue a search whose driver died; unfinished trials resume from checkpoints."""
     from lossearch.search.driver import resume as run_resume
     from lossearch.search.report import finish_search
 
-    finish_search(run_resume(experiment, address=address))
+    finish_search(run_resume(experiment, address=address, verbose=2 if verbose else 1))
 
 
 @app.command()

@@ -126,6 +126,7 @@ def run_search(
     require_test: bool = False,
     warm_start: list[str] | None = None,
     optuna_storage: str | None = None,
+    log_to: tuple[str, ...] = (),
 ) -> str:
     """Run a search; returns the experiment path (local directory or URI).
 
@@ -138,7 +139,9 @@ def run_search(
     test split loads. ``warm_start`` (earlier experiments of the same space) and
     ``optuna_storage`` (an RDB URL for the study): see :mod:`lossearch.search.study`.
     Arguments left as None take the space file's ``search:`` settings; a
-    count below its minimum is a ``LossearchError``, raised before Ray starts.
+    count below its minimum is a ``LossearchError``, raised before Ray starts. ``verbose``:
+    0 silent, 1 lossearch's live view, 2 Ray's own output (:mod:`lossearch.search.progress`);
+    ``log_to``: trackers, one run per trial (:mod:`lossearch.tracking`).
     """
     from lossearch.config import validate
     from lossearch.search.space import load_space
@@ -223,6 +226,9 @@ def run_search(
     from lossearch.ray_train import check_ray_address
 
     check_ray_address(address)  # before the experiment directory is written
+    from lossearch.tracking import check_destination
+
+    check_destination(log_to, exp_path)
     try:
         write_search_file(exp_path, meta)
     except OSError as err:
@@ -231,7 +237,8 @@ def run_search(
         for key, value in sp.fixed_by_override:
             announce(f"{key} fixed at {value} by the command line; removed from the search space")
         announce(f"experiment: {exp_path}")
-    _fit(exp_path, address, lambda: _build_tuner(sp, meta, storage, name, exp_path, verbose))
+    _fit(exp_path, address,
+         lambda: _build_tuner(sp, meta, storage, name, exp_path, verbose, log_to))
     return exp_path
 
 
@@ -272,19 +279,23 @@ def _make_searcher(sp: Any, meta: dict[str, Any], exp_path: str | None = None) -
 
 
 def _build_tuner(
-    sp: Any, meta: dict[str, Any], storage: str, name: str, exp_path: str, verbose: int
+    sp: Any, meta: dict[str, Any], storage: str, name: str, exp_path: str, verbose: int,
+    log_to: tuple[str, ...] = (),
 ) -> Any:
     from ray import tune
     from ray.tune.search import ConcurrencyLimiter
 
+    from lossearch.search.progress import search_view
     from lossearch.search.trial import (
         free_training_resources,
         in_trial_process,
         trainable,
         tune_failures,
     )
+    from lossearch.tracking import tune_callbacks
 
     searcher = _make_searcher(sp, meta, exp_path)
+    view = search_view(sp, meta, verbose)
     return tune.Tuner(
         trainable(meta, exp_path),
         tune_config=tune.TuneConfig(
@@ -301,17 +312,20 @@ def _build_tuner(
             failure_config=tune.FailureConfig(
                 max_failures=tune_failures(meta["base_config"], meta["max_failures"])
             ),
-            callbacks=[free_training_resources()],
-            verbose=verbose,
+            callbacks=[free_training_resources(), *view["callbacks"],
+                       *tune_callbacks(log_to, exp_path, stage="search")],
+            **view["run_config"],
         ),
     )
 
 
-def resume(exp_path: str, *, address: str | None = None) -> str:
+def resume(exp_path: str, *, address: str | None = None, verbose: int = 1) -> str:
     """Continue an experiment whose driver died: finished trials kept, unfinished resumed.
 
     Unfinished trials restart their Ray Train run, which resumes from its latest checkpoint;
     the Optuna searcher is restored with what it had learned; errored trials stay errored.
+    Tune restores the search's live view and trackers with it; ``verbose=2`` shows Ray's own
+    output instead (:func:`lossearch.search.progress.resume_view`).
     """
     from ray import tune
 
@@ -337,8 +351,12 @@ def resume(exp_path: str, *, address: str | None = None) -> str:
         check_ray_address(address)
         sp = load_space(meta["space"], meta.get("overrides") or [])
         storage, name = _split_exp_path(exp_path)
-        _fit(exp_path, address, lambda: _build_tuner(sp, meta, storage, name, exp_path, 1))
+        _fit(exp_path, address,
+             lambda: _build_tuner(sp, meta, storage, name, exp_path, verbose))
         return exp_path
+    from lossearch.search.progress import resume_view
+
+    resume_view(verbose)
     _fit(
         exp_path,
         address,

@@ -1,0 +1,198 @@
+"""``--log-to``: TensorBoard and MLflow runs of a search and of ``lossearch train``, read back
+with the trackers' own readers; the live view of that search; the missing-package error.
+
+One tiny real search (2 trials, 1 epoch) through the CLI, shared by the search tests.
+W&B is not installed in the test environment: its path is the missing-package error only.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from lossearch.errors import LossearchError
+from lossearch.tracking import TRACKERS, check_destination, flatten, numbers, parse_log_to
+from tests.conftest import EASY_BASE
+from tests.procs import error_line, run_cli
+
+TINY_BASE = {  # conftest's easy arith, smaller: 8 steps, 20 questions, 1 epoch
+    **EASY_BASE,
+    "name": "trk",
+    "task": {**EASY_BASE["task"], "arith_train_size": 256, "val_size": 20},
+    "optim": {**EASY_BASE["optim"], "epochs": 1, "warmup_steps": 2},
+    "eval": {"max_new_tokens": 8},
+}
+SPACE = {
+    "base": TINY_BASE,
+    "search": {"sampler": "grid", "seed": 0, "scheduler": "fifo", "metric": "exact_match",
+               "mode": "max", "max_concurrent": 2},
+    "grid": [
+        {"loss.family": "ce", "optim.lr": 5e-3},
+        {"loss.family": "focal", "loss.ce.weight": 0.6, "loss.focal.gamma": 2.0,
+         "optim.lr": 3e-3},
+    ],
+}
+LINE = re.compile(r"^trial (\d)/2 (ce lr=5e-3|focal w_ce=0\.6 γ=2 lr=3e-3) → "
+                  r"exact_match [\d.e-]+ \(1 epoch, \d+ s\)$")
+MISSING = next((t for t, (module, _) in TRACKERS.items()
+                if importlib.util.find_spec(module) is None), None)
+
+
+def _scalars(logdir: Path, tag: str) -> list[tuple[int, float]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(logdir))
+    acc.Reload()
+    assert tag in acc.Tags()["scalars"], acc.Tags()["scalars"]
+    return [(e.step, e.value) for e in acc.Scalars(tag)]
+
+
+def _mlflow_runs(root: Path) -> list:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{root / 'tracking' / 'mlflow.db'}")
+    runs = [r for e in client.search_experiments()
+            for r in client.search_runs([e.experiment_id])]
+    return client, runs
+
+
+# --------------------------------------------------------------------------- no Ray
+
+
+def test_parse_log_to_names_trackers_and_rejects_unknown_ones():
+    present = [t for t in TRACKERS if t != MISSING]
+    assert parse_log_to(" , ".join(present + present[:1])) == tuple(present)
+    assert parse_log_to(None) == ()
+    with pytest.raises(LossearchError, match="unknown tracker 'neptune'"):
+        parse_log_to("tensorboard,neptune")
+
+
+@pytest.mark.skipif(MISSING is None, reason="every tracker's package is installed")
+def test_missing_package_names_the_extra():
+    with pytest.raises(LossearchError, match=r"pip install 'lossearch\[\w+\]'"):
+        parse_log_to(MISSING)
+
+
+def test_trackers_need_local_storage_except_mlflow_with_its_own_uri(monkeypatch):
+    check_destination(("tensorboard", "mlflow"), "/tmp/exp")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    with pytest.raises(LossearchError, match="needs a local --storage"):
+        check_destination(("mlflow",), "s3://bucket/exp")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
+    check_destination(("mlflow",), "s3://bucket/exp")
+
+
+def test_flatten_and_numbers():
+    assert flatten({"optim": {"lr": 1e-3}, "name": "x"}) == {"optim.lr": 1e-3, "name": "x"}
+    assert numbers({"loss": 1, "ok": True, "pid": "7", "nan": float("nan")}) == {"loss": 1.0}
+
+
+def test_ray_tbx_callback_keeps_the_writer_class_attribute():
+    # tracking._tensorboard_callback redirects Ray's TBX logger through this attribute
+    from ray.tune.logger import TBXLoggerCallback
+
+    assert callable(TBXLoggerCallback()._summary_writer_cls)
+
+
+@pytest.mark.skipif(MISSING is None, reason="every tracker's package is installed")
+@pytest.mark.parametrize("command", ["search", "train", "confirm"])
+def test_cli_missing_tracker_is_one_line_before_ray(command, tmp_path):
+    args = {"search": ["--space", "none.yaml"], "train": [], "confirm": [str(tmp_path)]}
+    done = run_cli([command, *args[command], "--log-to", MISSING], cwd=tmp_path, timeout=120)
+    line = error_line(done)
+    assert f"--log-to {MISSING} needs" in line and "lossearch[" in line
+    assert "Started a local Ray" not in done.stderr + done.stdout
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "experiments").exists()
+
+
+# --------------------------------------------------------------------------- a real search
+
+
+@pytest.fixture(scope="module")
+def tracked_search(tmp_path_factory):
+    pytest.importorskip("tensorboard")
+    pytest.importorskip("mlflow")
+    root = tmp_path_factory.mktemp("tracked")
+    space = root / "space.yaml"
+    space.write_text(yaml.safe_dump(SPACE))
+    done = run_cli(
+        ["search", "--space", space, "--storage", root / "exp", "--name", "trk",
+         "--log-to", "tensorboard,mlflow"],
+        cwd=root, timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return root / "exp" / "trk", done
+
+
+@pytest.mark.slow
+def test_search_prints_one_line_per_trial_and_no_result_boxes(tracked_search):
+    _, done = tracked_search
+    lines = [ln for ln in done.stdout.splitlines() if ln.startswith("trial ")]
+    assert len(lines) == 2, done.stdout
+    assert all(LINE.match(ln) for ln in lines), lines
+    assert sorted(int(LINE.match(ln).group(1)) for ln in lines) == [1, 2]
+    assert {LINE.match(ln).group(2) for ln in lines} == {"ce lr=5e-3", "focal w_ce=0.6 γ=2 lr=3e-3"}
+    assert "╭" not in done.stdout and "finished iteration" not in done.stdout
+    assert "ignoring passed-in ProgressReporter" not in done.stdout + done.stderr
+    # Ray's status table, with lossearch's columns
+    header = next(ln for ln in done.stdout.splitlines() if "| family" in ln and "exact_m" in ln)
+    assert re.search(r"status .*family .*w_ce .*focal\.γ .*lr .*epoch .*exact_match", header)
+
+
+@pytest.mark.slow
+def test_search_tensorboard_has_each_trials_epochs(tracked_search):
+    exp, _ = tracked_search
+    trials = sorted(p for p in (exp / "tracking" / "tensorboard").iterdir())
+    assert len(trials) == 2
+    for logdir in trials:
+        assert [step for step, _ in _scalars(logdir, "ray/tune/exact_match")] == [1]
+        assert len(_scalars(logdir, "ray/tune/loss")) == 1
+    # Ray's default TBX files are not written into the trial folders as well
+    assert not list(exp.glob("run_trial_*/events.out.tfevents*"))
+
+
+@pytest.mark.slow
+def test_search_mlflow_has_a_run_per_trial_with_params_and_history(tracked_search):
+    exp, _ = tracked_search
+    client, runs = _mlflow_runs(exp)
+    assert len(runs) == 2
+    lrs = {r.data.params["loss.family"]: float(r.data.params["optim.lr"]) for r in runs}
+    assert lrs == {"ce": 5e-3, "focal": 3e-3}
+    for run in runs:
+        assert run.info.status == "FINISHED"
+        assert run.data.tags["lossearch.stage"] == "search"
+        history = client.get_metric_history(run.info.run_id, "exact_match")
+        assert [m.step for m in history] == [1]
+        assert client.get_metric_history(run.info.run_id, "loss.ce") or \
+            client.get_metric_history(run.info.run_id, "loss")
+
+
+# --------------------------------------------------------------------------- lossearch train
+
+
+@pytest.mark.slow
+def test_train_logs_each_epoch_to_tensorboard_and_mlflow(tmp_path):
+    pytest.importorskip("tensorboard")
+    pytest.importorskip("mlflow")
+    run = tmp_path / "run"
+    overrides = [f"{k}={v}" for k, v in {
+        "task.name": "arith", "task.arith_train_size": 256, "task.val_size": 20,
+        "task.test_size": 20, "task.arith_max_operand": 5, "task.arith_ops": "+-",
+        "model.name_or_path": "tiny", "optim.epochs": 2, "optim.lr": 5e-3,
+        "eval.max_new_tokens": 8,
+    }.items()]
+    done = run_cli(["train", "--out", run, "--log-to", "tensorboard,mlflow", *overrides],
+                   cwd=tmp_path, timeout=400)
+    assert done.returncode == 0, done.stderr[-3000:]
+    logdir = run / "tracking" / "tensorboard" / "run"
+    assert [step for step, _ in _scalars(logdir, "exact_match")] == [1, 2]
+    assert [step for step, _ in _scalars(logdir, "loss")] == [1, 2]
+    client, runs = _mlflow_runs(run)
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    assert float(runs[0].data.params["optim.lr"]) == 5e-3
+    assert runs[0].data.params["model.name_or_path"] == "tiny"
+    assert [m.step for m in client.get_metric_history(runs[0].info.run_id, "loss")] == [1, 2]
