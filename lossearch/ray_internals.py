@@ -10,7 +10,8 @@ Ray's own default behaviour, which also works (slower or noisier).
   without Train's own SIGINT handler under the ``lossearch`` command;
 - :func:`quiet_train_reports`: the logger name of Train V2's per-report INFO line;
 - :func:`remove_placement_group`: a placement group from its hex id;
-- :func:`stop_tune`: Tune's graceful stop (its SIGUSR1 handler).
+- :func:`stop_tune`: Tune's graceful stop (its SIGUSR1 handler);
+- :func:`tbx_callback_into`: Tune's TensorBoard logger writing where lossearch says.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+from collections.abc import Callable
 from typing import Any
 
 ENV = {
@@ -125,3 +127,29 @@ def stop_tune() -> bool:
     logging.getLogger("ray.tune").setLevel(logging.CRITICAL)
     handler(signal.SIGUSR1, None)
     return True
+
+
+def tbx_callback_into(folder_of: Callable[[Any], str]) -> Any:
+    """Ray Tune's ``TBXLoggerCallback`` writing each trial's event files to
+    ``folder_of(trial)`` instead of the trial's own folder.
+
+    Ray's callback builds one writer per trial by calling its ``_summary_writer_cls`` with
+    the trial folder; this subclass swaps in a writer factory that ignores that folder.
+    """
+    from ray.tune.logger import TBXLoggerCallback
+
+    class TensorBoardCallback(TBXLoggerCallback):
+        def __init__(self) -> None:
+            super().__init__()
+            self._writer_class = self._summary_writer_cls
+            self._summary_writer_cls = self._writer
+            self._next = ""
+
+        def log_trial_start(self, trial: Any) -> None:
+            self._next = folder_of(trial)
+            super().log_trial_start(trial)
+
+        def _writer(self, _trial_dir: str, **kwargs: Any) -> Any:
+            return self._writer_class(self._next, **kwargs)
+
+    return TensorBoardCallback()

@@ -114,28 +114,10 @@ def tune_callbacks(log_to: tuple[str, ...], exp: str, *, stage: str) -> list[Any
 
 
 def _tensorboard_callback(logdir: Path) -> Any:
-    from ray.tune.logger import TBXLoggerCallback
+    """Ray Tune's TBX logger writing each trial's event files to ``logdir/<trial>``."""
+    from lossearch.ray_internals import tbx_callback_into
 
-    class TensorBoardCallback(TBXLoggerCallback):
-        """Ray's TBX logger, each trial's event files in ``logdir/<trial>`` rather than in
-        the trial folder. Relies on ``TBXLoggerCallback._summary_writer_cls`` (the writer
-        class it calls with the trial folder), tested in tests/test_tracking.py."""
-
-        def __init__(self) -> None:
-            super().__init__()
-            self.logdir = str(logdir)
-            self._writer_class = self._summary_writer_cls
-            self._summary_writer_cls = self._writer
-            self._next = self.logdir
-
-        def log_trial_start(self, trial: Any) -> None:
-            self._next = os.path.join(self.logdir, _trial_name(trial))
-            super().log_trial_start(trial)
-
-        def _writer(self, _trial_dir: str, **kwargs: Any) -> Any:
-            return self._writer_class(self._next, **kwargs)
-
-    return TensorBoardCallback()
+    return tbx_callback_into(lambda trial: os.path.join(str(logdir), _trial_name(trial)))
 
 
 # --------------------------------------------------------------------------- lossearch train

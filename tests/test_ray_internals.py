@@ -88,3 +88,27 @@ def test_tune_still_stops_gracefully_on_sigusr1():
         assert ray_internals.stop_tune() is False  # no Tune run listening
     finally:
         signal.signal(signal.SIGUSR1, previous)
+
+
+def test_tune_tbx_logger_still_builds_writers_through_its_class_attribute(tmp_path):
+    from ray.tune.logger import TBXLoggerCallback
+
+    assert callable(TBXLoggerCallback()._summary_writer_cls)
+    source = inspect.getsource(TBXLoggerCallback)
+    assert "self._summary_writer_cls(" in source  # called with the trial folder
+    callback = ray_internals.tbx_callback_into(lambda trial: str(tmp_path / "t"))
+    callback.log_trial_start(_Trial(tmp_path))
+    assert (tmp_path / "t").is_dir() and not any((tmp_path / "trial").iterdir())
+
+
+class _Trial:
+    """What TBXLoggerCallback.log_trial_start reads of a Tune trial."""
+
+    def __init__(self, root):
+        (root / "trial").mkdir()
+        self.local_path = self.path = str(root / "trial")
+        self.config = {"optim.lr": 1e-3}
+        self.trial_id = "t0"
+
+    def init_local_path(self):
+        pass

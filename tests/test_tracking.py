@@ -91,12 +91,6 @@ def test_flatten_and_numbers():
     assert numbers({"loss": 1, "ok": True, "pid": "7", "nan": float("nan")}) == {"loss": 1.0}
 
 
-def test_ray_tbx_callback_keeps_the_writer_class_attribute():
-    # tracking._tensorboard_callback redirects Ray's TBX logger through this attribute
-    from ray.tune.logger import TBXLoggerCallback
-
-    assert callable(TBXLoggerCallback()._summary_writer_cls)
-
 
 @pytest.mark.skipif(MISSING is None, reason="every tracker's package is installed")
 @pytest.mark.parametrize("command", ["search", "train", "confirm"])
