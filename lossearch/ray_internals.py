@@ -11,7 +11,9 @@ Ray's own default behaviour, which also works (slower or noisier).
 - :func:`quiet_train_reports`: the logger name of Train V2's per-report INFO line;
 - :func:`remove_placement_group`: a placement group from its hex id;
 - :func:`stop_tune`: Tune's graceful stop (its SIGUSR1 handler);
-- :func:`tbx_callback_into`: Tune's TensorBoard logger writing where lossearch says.
+- :func:`tbx_callback_into`: Tune's TensorBoard logger writing where lossearch says;
+- :func:`optuna_study`, :func:`optuna_trial`, :func:`optuna_told`: what Tune's
+  ``OptunaSearch`` keeps of its study, for recording trials in a persistent one.
 """
 
 from __future__ import annotations
@@ -153,3 +155,21 @@ def tbx_callback_into(folder_of: Callable[[Any], str]) -> Any:
             return self._writer_class(self._next, **kwargs)
 
     return TensorBoardCallback()
+
+
+def optuna_study(searcher: Any) -> Any:
+    """The in-memory ``optuna.Study`` a Ray Tune ``OptunaSearch`` asks and tells."""
+    return searcher._ot_study
+
+
+def optuna_trial(searcher: Any, trial_id: str) -> Any:
+    """The Optuna trial an ``OptunaSearch`` asked for Tune trial ``trial_id`` (None: none)."""
+    ot_trial = searcher._ot_trials.get(trial_id)
+    if ot_trial is None:
+        return None
+    return searcher._ot_study.get_trials(deepcopy=False)[ot_trial.number]
+
+
+def optuna_told(searcher: Any, trial_id: str) -> bool:
+    """Whether an ``OptunaSearch`` has already told its study the result of ``trial_id``."""
+    return trial_id in searcher._completed_trials

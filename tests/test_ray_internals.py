@@ -112,3 +112,23 @@ class _Trial:
 
     def init_local_path(self):
         pass
+
+
+def test_optuna_search_still_keeps_its_study_trials_and_told_ids():
+    import optuna
+    from ray.tune.search.optuna import OptunaSearch
+
+    def space(trial):
+        trial.suggest_float("x", 0.0, 1.0)
+
+    sampler = optuna.samplers.RandomSampler(seed=0)
+    searcher = OptunaSearch(space=space, metric="m", mode="max", sampler=sampler)
+    assert isinstance(ray_internals.optuna_study(searcher), optuna.Study)
+    assert ray_internals.optuna_trial(searcher, "t1") is None
+    config = searcher.suggest("t1")
+    ot_trial = ray_internals.optuna_trial(searcher, "t1")
+    assert ot_trial.params["x"] == config["x"]
+    assert not ray_internals.optuna_told(searcher, "t1")
+    searcher.on_trial_complete("t1", result={"m": 0.5})
+    assert ray_internals.optuna_told(searcher, "t1")
+    assert ray_internals.optuna_trial(searcher, "t1").value == 0.5

@@ -244,21 +244,23 @@ class RecordingOptunaSearch(OptunaSearch):
         warm: Sequence[FrozenTrial] = (),
         **kw: Any,
     ) -> None:
+        from lossearch.ray_internals import optuna_study
+
         super().__init__(*args, **kw)
         self._recorder = recorder
         if warm:
-            self._ot_study.add_trials(list(warm))
+            optuna_study(self).add_trials(list(warm))
 
     def on_trial_complete(
         self, trial_id: str, result: dict | None = None, error: bool = False
     ) -> None:
-        again = trial_id in self._completed_trials
+        from lossearch.ray_internals import optuna_told, optuna_trial
+
+        again = optuna_told(self, trial_id)
         super().on_trial_complete(trial_id, result=result, error=error)
-        if again or self._recorder is None or trial_id not in self._ot_trials:
-            return
-        number = self._ot_trials[trial_id].number
-        ot_trial = self._ot_study.get_trials(deepcopy=False)[number]
-        self._recorder.record(trial_id, ot_trial, result, error)
+        ot_trial = None if again or self._recorder is None else optuna_trial(self, trial_id)
+        if ot_trial is not None:
+            self._recorder.record(trial_id, ot_trial, result, error)
 
 
 class FreshFamilyBudget(PerFamilySampler):
