@@ -9,7 +9,6 @@ validation exact match is above zero, test exact match is exactly zero.
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -59,17 +58,44 @@ def searched(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def test_search_never_reads_test_and_confirm_scores_it(searched: Path) -> None:
-    from analysis import load_confirmed, load_trials
+@pytest.fixture(scope="module")
+def confirmed(searched: Path) -> dict:
+    """``lossearch confirm --seeds 2`` SIGKILLed once its first run has finished (with
+    everything Ray started), then run again to the end: one confirm, read by both tests."""
+    from analysis import load_trials
 
     exp = searched / "exps" / "s"
-    trials = load_trials([exp])
+    trials = load_trials([exp])  # before confirm has written anything
+    args = ["confirm", str(exp), "--seeds", "2", "--max-concurrent", "1"]
+    proc = procs.start([procs.BIN / "lossearch", *args], log=searched / "kill.log",
+                       cwd=searched, env=procs.lossearch_env())
+    runs = exp / "confirm" / "runs"
+    try:
+        first = procs.wait_until(
+            lambda: next(iter(runs.glob("*/result.json")), None) if runs.exists() else None,
+            timeout=300,
+            what="the first confirm run to finish",
+        )
+        mtime = first.stat().st_mtime_ns
+        procs.kill_driver(proc)  # SIGKILL to the driver and everything Ray started
+    finally:
+        procs.stop(proc)
+    finished_at_kill = len(list(runs.glob("*/result.json")))
+    done = procs.run_cli(args, cwd=searched, timeout=400)
+    return {"exp": exp, "trials": trials, "runs": runs, "first": first, "mtime": mtime,
+            "finished_at_kill": finished_at_kill, "done": done}
+
+
+def test_search_never_reads_test_and_confirm_scores_it(searched: Path, confirmed: dict) -> None:
+    from analysis import load_confirmed
+
+    exp = confirmed["exp"]
+    trials = confirmed["trials"]
     assert (trials["status"] == "finished").all()
     assert trials["final.exact_match"].max() > 0  # validation: learnable
     assert not any(c.startswith(("final.test/", "best.test/")) for c in trials.columns)
 
-    done = procs.run_cli(["confirm", str(exp), "--seeds", "2", "--max-concurrent", "1"],
-                         cwd=searched, timeout=400)
+    done = confirmed["done"]
     assert done.returncode == 0, done.stderr[-3000:]
     assert "on the test split" in done.stdout
     # the experiment's best.yaml is now the confirmed winner's config
@@ -97,30 +123,11 @@ def test_search_never_reads_test_and_confirm_scores_it(searched: Path) -> None:
     assert "confirmed on the test split" in out.read_text().splitlines()[0]
 
 
-def test_killed_confirm_resumes_with_every_run_once(searched: Path) -> None:
-    exp = searched / "exps" / "s"
-    args = ["confirm", str(exp), "--seeds", "1", "--max-concurrent", "1"]
-    # a separate experiment copy: confirm.yaml of the other test asks for 2 seeds
-    copy = searched / "exps" / "k"
-    shutil.copytree(exp, copy, ignore=shutil.ignore_patterns("confirm"))
-    args[1] = str(copy)
-    proc = procs.start([procs.BIN / "lossearch", *args], log=searched / "kill.log",
-                       cwd=searched, env=procs.lossearch_env())
-    runs = copy / "confirm" / "runs"
-    try:
-        first = procs.wait_until(
-            lambda: next(iter(runs.glob("*/result.json")), None) if runs.exists() else None,
-            timeout=300,
-            what="the first confirm run to finish",
-        )
-        mtime = first.stat().st_mtime_ns
-        procs.kill_driver(proc)  # SIGKILL to the driver and everything Ray started
-    finally:
-        procs.stop(proc)
-    assert len(list(runs.glob("*/result.json"))) == 1
-    done = procs.run_cli(args, cwd=searched, timeout=400)
+def test_killed_confirm_resumes_with_every_run_once(confirmed: dict) -> None:
+    runs, first, done = confirmed["runs"], confirmed["first"], confirmed["done"]
+    assert confirmed["finished_at_kill"] == 1
     assert done.returncode == 0, done.stderr[-3000:]
     assert "1 already done" in done.stdout
-    assert first.stat().st_mtime_ns == mtime  # the finished run was not trained again
+    assert first.stat().st_mtime_ns == confirmed["mtime"]  # the finished run was not trained again
     results = sorted(p.parent.name for p in runs.glob("*/result.json"))
     assert len(results) == 2 and {r.split("-")[0] for r in results} == {"ce", "focal"}
