@@ -35,8 +35,8 @@ import yaml
 
 from analysis.load import _get, _locate, is_uri
 from lossearch.errors import LossearchError
+from lossearch.experiment import CONFIRM_DIR
 
-CONFIRM_DIR = "confirm"
 CONFIRM_FILE = "confirm.yaml"
 RESULT_FILE = "result.json"
 

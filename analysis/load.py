@@ -42,8 +42,7 @@ import pyarrow.fs as pafs
 import yaml
 
 from lossearch.errors import LossearchError
-
-SEARCH_FILE = "lossearch_search.yaml"
+from lossearch.experiment import SEARCH_FILE
 
 #: The columns every trials frame starts with, in this order.
 BASE_COLUMNS = [

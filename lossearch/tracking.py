@@ -27,9 +27,9 @@ from pathlib import Path
 from typing import Any
 
 from lossearch.errors import LossearchError
+from lossearch.experiment import TRACKING_DIR
 from lossearch.storage import is_uri
 
-TRACKING_DIR = "tracking"
 # tracker → (the module it needs, the lossearch extra that installs it)
 TRACKERS = {
     "tensorboard": ("tensorboardX", "tracking"),

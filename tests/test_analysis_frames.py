@@ -521,7 +521,9 @@ def test_search_end_table(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsy
     import lossearch.search.export as export
     from lossearch.search.report import finish_search
 
-    (tmp_path / "lossearch_search.yaml").write_text("metric: exact_match\nmode: max\n")
+    (tmp_path / "lossearch_search.yaml").write_text(
+        "space: {}\nbase_config: {}\nmetric: exact_match\nmode: max\n"
+    )
     monkeypatch.setattr(analysis, "load_trials", lambda paths: _one_and_two_seeds())
     monkeypatch.setattr(export, "export_best", lambda exp, out: [Path(out)])
     monkeypatch.setenv("COLUMNS", "200")

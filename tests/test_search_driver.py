@@ -49,7 +49,7 @@ def before_ray(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setattr(driver, "_local_ray", fail)
     monkeypatch.setattr(driver, "_build_tuner", fail)
-    monkeypatch.setattr(driver, "write_search_file", fail)
+    monkeypatch.setattr(driver, "write_meta", fail)
 
 
 @pytest.mark.parametrize(

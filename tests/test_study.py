@@ -73,12 +73,13 @@ def test_recording_a_trial_twice_keeps_one(tmp_path: Path) -> None:
 def test_warm_start_search(small_search: Path, tmp_path: Path) -> None:
     """Earlier trials are in the new study (values kept); measured points are not re-run;
     resuming the finished search adds nothing."""
-    from lossearch.search.driver import read_search_file, resume, run_search
+    from lossearch.experiment import read_meta
+    from lossearch.search.driver import resume, run_search
 
     exp = Path(run_search(SEARCH_SPACE, max_concurrent=2, storage=str(tmp_path), name="warm",
                           overrides=["optim.epochs=1"], warm_start=[str(small_search)],
                           verbose=0))
-    meta = read_search_file(str(exp))
+    meta = read_meta(str(exp))
     assert meta["warm_start"] == [str(small_search)] and meta["num_samples"] == 1
     old = optuna.load_study(study_name="small", storage=_journal(small_search)).trials
     new = optuna.load_study(study_name="warm", storage=_journal(exp)).trials
@@ -107,8 +108,9 @@ def test_warm_start_trials_do_not_count_toward_per_family() -> None:
                                       distributions=dists, value=0.5,
                                       user_attrs={st.WARM_ATTR: True, "ray_trial_id": w})
             for w in ("w1", "w2")]
-    meta = {"per_family": 2, "seeds": [0], "metric": "exact_match", "mode": "max",
-            "sampler_seed": 0, "base_config": {"optim": {"epochs": 1}}}
+    from lossearch.experiment import SearchMeta
+
+    meta = SearchMeta(space=space, base_config={"optim": {"epochs": 1}}, per_family=2).model_dump()
     searcher = st.make_searcher(sp, meta, None)
     searcher._ot_study.add_trials(warm)  # as warm_start() would give
     searcher._ot_study.sampler.__class__ = st.FreshFamilyBudget

@@ -35,10 +35,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict
 
 from lossearch.errors import LossearchError
-from lossearch.search.driver import read_search_file
+from lossearch.experiment import confirm_path, read_meta
 from lossearch.storage import file_exists, is_uri, join_uri, read_text, write_text
 
-CONFIRM_DIR = "confirm"
 PLAN_FILE = "confirm.yaml"
 RESULT_FILE = "result.json"
 
@@ -76,7 +75,7 @@ def lr_on_edge(meta: dict[str, Any], family: str, lr: float, margin: float = 1.1
     """True when ``lr`` lies within a factor ``margin`` of an end of ``family``'s searched
     learning-rate range (the search metadata's ``lr_range``); False where lr was not searched.
     """
-    bounds = (meta.get("lr_range") or {}).get(family)
+    bounds = meta["lr_range"].get(family)
     if not bounds:
         return False
     low, high = float(bounds[0]), float(bounds[1])
@@ -98,9 +97,9 @@ def plan(
         raise LossearchError(f"--seeds must be at least 1, got {seeds}")
     if top_k < 1:
         raise LossearchError(f"--top must be at least 1, got {top_k}")
-    meta = read_search_file(exp)
-    metric = metric or meta.get("metric", "exact_match")
-    mode = meta.get("mode", "max")
+    meta = read_meta(exp)
+    metric = metric or meta["metric"]
+    mode = meta["mode"]
     first = int(meta["base_config"].get("seed", 0))
     seed_list = list(range(first, first + seeds))
     runs = []
@@ -193,10 +192,6 @@ def seed_metrics(
 # --------------------------------------------------------------------------- the stage
 
 
-def confirm_path(exp: str) -> str:
-    return join_uri(exp, CONFIRM_DIR)
-
-
 def confirm(
     exp: str,
     *,
@@ -255,8 +250,8 @@ def confirm(
             + (f"; {done} already done" if done else "")
         )
     if todo:
-        meta = read_search_file(exp)
-        concurrent = max_concurrent or int(meta.get("max_concurrent", 2))
+        meta = read_meta(exp)
+        concurrent = max_concurrent or meta["max_concurrent"]
         _fit(
             root,
             address,

@@ -17,12 +17,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from lossearch.errors import LossearchError
-from lossearch.storage import is_uri, join_uri, read_text, write_text
-
-SEARCH_FILE = "lossearch_search.yaml"
+from lossearch.experiment import SEARCH_FILE, read_meta, write_meta
+from lossearch.storage import is_uri, join_uri
 
 
 def _scheduler(kind: str, meta: dict[str, Any]) -> Any:
@@ -52,21 +49,6 @@ def _local_ray(address: str | None) -> None:
     init_ray(address, num_cpus=None if address else (os.cpu_count() or 1) + 1)
 
 
-def write_search_file(exp_path: str, meta: dict[str, Any]) -> None:
-    """Write ``lossearch_search.yaml`` into the experiment directory (local or URI), atomically
-    where local (see :func:`lossearch.storage.write_text`)."""
-    write_text(exp_path, SEARCH_FILE, yaml.safe_dump(meta, sort_keys=False))
-
-
-def read_search_file(exp_path: str) -> dict[str, Any]:
-    """Read ``lossearch_search.yaml``; a path without one is not a lossearch experiment."""
-    try:
-        text = read_text(exp_path, SEARCH_FILE)
-    except OSError:
-        raise LossearchError(f"not a lossearch experiment (no {SEARCH_FILE}): {exp_path}") from None
-    return yaml.safe_load(text)
-
-
 def _experiment_exists(exp_path: str) -> bool:
     """Something is already at ``exp_path`` (a non-empty folder, a file, objects under a URI)."""
     if not is_uri(exp_path):
@@ -81,16 +63,6 @@ def _experiment_exists(exp_path: str) -> bool:
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise LossearchError(f"cannot use storage {exp_path}: {first}") from None
     return bool(found)
-
-
-# What run_search writes into lossearch_search.yaml and a restart needs.
-_META_KEYS = (
-    "space", "base_config", "metric", "mode", "seeds", "num_samples", "max_concurrent",
-    "scheduler", "asha", "max_failures", "sampler_seed",
-)
-# Also written: "overrides" (the command line's key=value list), "per_family" (trials per
-# loss family, or null) and "lr_range" ({family: [low, high] of optim.lr, or null where the
-# space does not search it}); older experiments lack them.
 
 
 def _split_exp_path(exp_path: str) -> tuple[str, str]:
@@ -230,7 +202,7 @@ def run_search(
 
     check_destination(log_to, exp_path)
     try:
-        write_search_file(exp_path, meta)
+        write_meta(exp_path, meta)
     except OSError as err:
         raise LossearchError(f"cannot write experiment directory {exp_path}: {err}") from None
     if announce:
@@ -335,21 +307,20 @@ def resume(exp_path: str, *, address: str | None = None, verbose: int = 1) -> st
         exp_path = str(Path(exp_path).resolve())
         if not Path(exp_path).is_dir():
             raise LossearchError(f"experiment directory not found: {exp_path}")
-    meta = read_search_file(exp_path)
+    meta = read_meta(exp_path)
     if not tune.Tuner.can_restore(exp_path):  # a storage check: no Ray needed yet
         # The driver died in the seconds between writing lossearch_search.yaml and Tune's
         # first saved state: no trial had started, so the search starts over.
-        missing = [k for k in _META_KEYS if k not in (meta if isinstance(meta, dict) else {})]
-        if missing:
+        if meta["num_samples"] is None:
             raise LossearchError(
                 f"not a Ray Tune experiment (no experiment state), and its {SEARCH_FILE} is "
-                f"incomplete (no '{missing[0]}'): {exp_path}"
+                f"incomplete (no 'num_samples'): {exp_path}"
             )
         from lossearch.ray_train import check_ray_address
         from lossearch.search.space import load_space
 
         check_ray_address(address)
-        sp = load_space(meta["space"], meta.get("overrides") or [])
+        sp = load_space(meta["space"], meta["overrides"])
         storage, name = _split_exp_path(exp_path)
         _fit(exp_path, address,
              lambda: _build_tuner(sp, meta, storage, name, exp_path, verbose))

@@ -47,12 +47,12 @@ def best_configs(
     ``metric``, ``trial_mean`` and ``seed_value`` (the first seed's own final value).
     """
     from analysis import load_trials
-    from lossearch.search.driver import read_search_file
+    from lossearch.experiment import read_meta
     from lossearch.search.space import trial_to_config
 
-    meta = read_search_file(exp)
-    metric = metric or meta.get("metric", "exact_match")
-    mode = mode or meta.get("mode", "max")
+    meta = read_meta(exp)
+    metric = metric or meta["metric"]
+    mode = mode or meta["mode"]
     df = load_trials([exp])
     col = f"final.{metric}"
     if col not in df.columns:
@@ -116,13 +116,13 @@ def confirmed_winner(exp: str, mode: str | None = None) -> dict[str, Any] | None
     import pandas as pd
 
     from lossearch.config import validate
-    from lossearch.search.driver import read_search_file
+    from lossearch.experiment import read_meta
     from lossearch.storage import join_uri
 
     verdict_path = Path(join_uri(exp, "confirm", "verdict.csv"))
     if "://" in exp or not verdict_path.is_file():
         return None
-    mode = mode or read_search_file(exp).get("mode", "max")
+    mode = mode or read_meta(exp)["mode"]
     table = pd.read_csv(verdict_path).sort_values("mean", ascending=(mode == "min"))
     if table.empty:
         return None

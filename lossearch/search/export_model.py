@@ -32,6 +32,7 @@ from typing import Any
 import yaml
 
 from lossearch.errors import LossearchError
+from lossearch.experiment import trainings_path
 
 MARKER = "lossearch.yaml"
 """The file every model export holds; a directory with it is an earlier export."""
@@ -62,7 +63,7 @@ def _source(exp: str, winner: dict[str, Any]) -> tuple[str, Path]:
     """``(kind, run directory)`` of ``winner``: a confirm run or a search trial's training."""
     if "run_id" in winner:
         return "confirm", Path(exp, "confirm", "runs", winner["run_id"])
-    return "search", Path(exp, "trainings", winner["trial_id"])
+    return "search", Path(trainings_path(exp), winner["trial_id"])
 
 
 def _final_model(run_dir: Path, seed: int, epochs: int) -> tuple[Path, int, dict[str, Any]]:
@@ -115,9 +116,9 @@ def _write_merged(model_dir: Path, tmp: Path, model_cfg: Any) -> None:
 
 
 def _search_metric(exp: str) -> str:
-    from lossearch.search.driver import read_search_file
+    from lossearch.experiment import read_meta
 
-    return str(read_search_file(exp).get("metric", "exact_match"))
+    return read_meta(exp)["metric"]
 
 
 def _load_hint(weights: str, base: str) -> str:

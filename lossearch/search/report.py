@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lossearch.search.driver import read_search_file
+from lossearch.experiment import read_meta
 from lossearch.storage import is_uri
 
 
@@ -33,8 +33,8 @@ def finish_search(exp: str) -> Path:
     from analysis.report import rankings_table
     from lossearch.search.export import export_best
 
-    meta = read_search_file(exp)
-    metric, mode = meta.get("metric", "exact_match"), meta.get("mode", "max")
+    meta = read_meta(exp)
+    metric, mode = meta["metric"], meta["mode"]
     console = Console()
     df = load_trials([exp])
     with warnings.catch_warnings():

@@ -63,11 +63,11 @@ from optuna.trial import FrozenTrial, TrialState
 from ray.tune.search.optuna import OptunaSearch
 
 from lossearch.errors import LossearchError
+from lossearch.experiment import JOURNAL_FILE
 from lossearch.search.samplers import PerFamilySampler
 from lossearch.search.trial_config import FAMILY_KEY, GRID_KEY
 from lossearch.storage import is_uri, read_text, write_text
 
-JOURNAL_FILE = "optuna_journal.log"
 WARM_ATTR = "warm_start"
 
 
@@ -131,9 +131,9 @@ def check_storage(url: str, study_name: str) -> None:
 
 def load_study(exp_path: str) -> optuna.Study:
     """The experiment's persistent study (read-only use: ``study.trials``, a dataframe)."""
-    from lossearch.search.driver import read_search_file
+    from lossearch.experiment import read_meta
 
-    meta = read_search_file(exp_path)
+    meta = read_meta(exp_path)
     if "study_name" not in meta:
         raise LossearchError(f"experiment has no Optuna study (made before studies): {exp_path}")
     storage = open_storage(exp_path, meta.get("optuna_storage"))
@@ -317,13 +317,13 @@ def space_difference(new: Any, old: Any) -> str | None:
 
 def _earlier(sp: Any, exp: str, metric: str, mode: str) -> dict[str, Any]:
     """Read an earlier experiment's settings, checking that it searched the same space."""
-    from lossearch.search.driver import read_search_file
+    from lossearch.experiment import read_meta
     from lossearch.search.space import load_space
 
-    meta = read_search_file(exp)
+    meta = read_meta(exp)
     if not isinstance(meta, dict) or "space" not in meta:
         raise LossearchError(f"--warm-start {exp}: not a lossearch experiment")
-    old = load_space(meta["space"], meta.get("overrides") or [])
+    old = load_space(meta["space"], meta["overrides"])
     key = space_difference(sp, old)
     if key is not None:
         raise LossearchError(f"--warm-start {exp}: a different search space (first: '{key}')")
@@ -470,7 +470,7 @@ def make_searcher(
     record)."""
     if meta.get("per_family"):
         sp = sp.with_per_family(meta["per_family"])
-    warm = warm_start(sp, meta.get("warm_start") or [], meta["metric"], meta["mode"])
+    warm = warm_start(sp, meta["warm_start"], meta["metric"], meta["mode"])
     recorder = None if exp_path is None else StudyRecorder(exp_path, meta)
     if recorder is not None:
         recorder.ensure(warm)

@@ -23,6 +23,7 @@ from typing import Any
 
 from lossearch import storage
 from lossearch.config import TrainConfig
+from lossearch.experiment import trainings_path
 
 DIVERGED = "diverged.txt"  # in a one-worker trial's run folder: why its loss diverged
 
@@ -152,7 +153,7 @@ def trainable(meta: dict[str, Any], exp_path: str) -> Any:
         run_trial,
         base=meta["base_config"],
         seeds=meta["seeds"],
-        trainings_path=storage.join_uri(exp_path, "trainings"),
+        trainings_path=trainings_path(exp_path),
         max_failures=meta["max_failures"],
     )
     return tune.with_resources(fn, trial_resources(meta["base_config"]))
