@@ -31,16 +31,25 @@ def _metrics(run_dir) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
+_UNTRAINED: dict[tuple, float] = {}
+
+
 def _untrained_exact_match(cfg) -> float:
+    """Exact match of the untrained model (seed ``cfg.seed``) on ``cfg``'s validation split;
+    computed once per task, model and seed (the loss plays no part before training)."""
     from lossearch.metrics import generate, score
     from lossearch.models import load_model_and_tokenizer
     from lossearch.tasks import load_task
 
-    data = load_task(cfg.task)
-    model, tok = load_model_and_tokenizer(cfg.model, seed=cfg.seed)
-    preds = generate(model, tok, [e.prompt for e in data.validation], max_new_tokens=16,
-                     batch_size=64, stop_after_answer=True)
-    return score(data.spec, preds, [e.target for e in data.validation])["exact_match"]
+    key = (cfg.task.model_dump_json(), cfg.model.model_dump_json(), cfg.seed)
+    if key not in _UNTRAINED:
+        data = load_task(cfg.task)
+        model, tok = load_model_and_tokenizer(cfg.model, seed=cfg.seed)
+        preds = generate(model, tok, [e.prompt for e in data.validation], max_new_tokens=16,
+                         batch_size=64, stop_after_answer=True)
+        _UNTRAINED[key] = score(data.spec, preds, [e.target for e in data.validation])[
+            "exact_match"]
+    return _UNTRAINED[key]
 
 
 @pytest.fixture(scope="module")
