@@ -125,6 +125,10 @@ def search(
         None, "--optuna-storage",
         help="Database URL for the Optuna study (default: a journal file in the experiment).",
     ),
+    keep: str = typer.Option(
+        None, "--keep",
+        help="Checkpoints kept once trials end: best (per family; default), all or none.",
+    ),
     log_to: str = _log_to_option(),
     verbose: bool = _verbose_option(),
     overrides: list[str] = typer.Argument(None, help="key=value overrides of the base config."),
@@ -163,6 +167,7 @@ def search(
         optuna_storage=optuna_storage,
         log_to=trackers,
         verbose=2 if verbose else 1,
+        keep=keep,
     )
     finish_search(exp)
     if confirm_seeds is not None:
@@ -216,7 +221,8 @@ def resume(
     from lossearch.search.driver import resume as run_resume
     from lossearch.search.report import finish_search
 
-    finish_search(run_resume(experiment, address=address, verbose=2 if verbose else 1))
+    finish_search(run_resume(experiment, address=address, verbose=2 if verbose else 1,
+                             announce=typer.echo))
 
 
 @app.command()

@@ -99,6 +99,7 @@ def run_search(
     warm_start: list[str] | None = None,
     optuna_storage: str | None = None,
     log_to: tuple[str, ...] = (),
+    keep: str | None = None,
 ) -> str:
     """Run a search; returns the experiment path (local directory or URI).
 
@@ -113,10 +114,15 @@ def run_search(
     Arguments left as None take the space file's ``search:`` settings; a
     count below its minimum is a ``LossearchError``, raised before Ray starts. ``verbose``:
     0 silent, 1 lossearch's live view, 2 Ray's own output (:mod:`lossearch.search.progress`);
-    ``log_to``: trackers, one run per trial (:mod:`lossearch.tracking`).
+    ``log_to``: trackers, one run per trial (:mod:`lossearch.tracking`). ``keep``: what is
+    kept of the trials' checkpoints when the search ends, ``best`` (default), ``all`` or
+    ``none`` (:mod:`lossearch.search.retention`); stored in the metadata for ``resume``.
     """
     from lossearch.config import validate
+    from lossearch.search.retention import DEFAULT_KEEP, check_keep
     from lossearch.search.space import load_space
+
+    keep = check_keep(keep or DEFAULT_KEEP)
 
     _check_counts(
         num_samples=num_samples,
@@ -188,6 +194,7 @@ def run_search(
         "study_name": name,
         "optuna_storage": optuna_storage,
         "warm_start": warm_paths,
+        "keep": keep,
     }
     _scheduler(scheduler, meta)  # validate before anything is written
     from lossearch.preflight import preflight
@@ -211,7 +218,17 @@ def run_search(
         announce(f"experiment: {exp_path}")
     _fit(exp_path, address,
          lambda: _build_tuner(sp, meta, storage, name, exp_path, verbose, log_to))
+    _apply_keep(exp_path, keep, announce)
     return exp_path
+
+
+def _apply_keep(exp_path: str, keep: str, announce: Callable[[str], None] | None) -> None:
+    """The search has ended: delete the checkpoints ``keep`` does not keep, say what."""
+    from lossearch.search.retention import after_search
+
+    line = after_search(exp_path, keep)
+    if announce:
+        announce(line)
 
 
 def _given(value: Any, *defaults: Any) -> Any:
@@ -291,13 +308,17 @@ def _build_tuner(
     )
 
 
-def resume(exp_path: str, *, address: str | None = None, verbose: int = 1) -> str:
+def resume(
+    exp_path: str, *, address: str | None = None, verbose: int = 1,
+    announce: Callable[[str], None] | None = None,
+) -> str:
     """Continue an experiment whose driver died: finished trials kept, unfinished resumed.
 
     Unfinished trials restart their Ray Train run, which resumes from its latest checkpoint;
     the Optuna searcher is restored with what it had learned; errored trials stay errored.
     Tune restores the search's live view and trackers with it; ``verbose=2`` shows Ray's own
-    output instead (:func:`lossearch.search.progress.resume_view`).
+    output instead (:func:`lossearch.search.progress.resume_view`). At the end, the
+    checkpoints the search's ``--keep`` does not keep are deleted (``announce`` says what).
     """
     from ray import tune
 
@@ -324,6 +345,7 @@ def resume(exp_path: str, *, address: str | None = None, verbose: int = 1) -> st
         storage, name = _split_exp_path(exp_path)
         _fit(exp_path, address,
              lambda: _build_tuner(sp, meta, storage, name, exp_path, verbose))
+        _apply_keep(exp_path, meta["keep"], announce)
         return exp_path
     from lossearch.search.progress import resume_view
 
@@ -338,6 +360,7 @@ def resume(exp_path: str, *, address: str | None = None, verbose: int = 1) -> st
             resume_errored=False,
         ),
     )
+    _apply_keep(exp_path, meta["keep"], announce)
     return exp_path
 
 

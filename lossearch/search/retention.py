@@ -27,15 +27,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lossearch.errors import LossearchError
-from lossearch.storage import is_uri, join_uri, remove_dir
+from lossearch.experiment import trainings_path
+from lossearch.storage import is_uri, remove_dir
 
 KEEP_MODES = ("best", "all", "none")
 DEFAULT_KEEP = "best"
 """What a new search keeps: the best trial of each family (``export --model`` works)."""
-LEGACY_KEEP = "all"
-"""What an experiment written before ``--keep`` keeps (its metadata has no ``keep``)."""
 ENDED = ("finished", "pruned", "errored")
-TRAININGS = "trainings"
 
 
 def check_keep(keep: str) -> str:
@@ -128,7 +126,7 @@ def plan_keep(exp: str, keep: str) -> tuple[list[str], list[str], list[str]]:
     from analysis.load import PartialExperimentWarning
 
     check_keep(keep)
-    present = set(folder_sizes(join_uri(exp, TRAININGS)))
+    present = set(folder_sizes(trainings_path(exp)))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", PartialExperimentWarning)  # the unfinished stay
         trials = load_trials([exp]).drop_duplicates("trial_id")
@@ -144,7 +142,7 @@ def plan_keep(exp: str, keep: str) -> tuple[list[str], list[str], list[str]]:
 def apply_keep(exp: str, keep: str) -> Retention:
     """Delete the checkpoint folders ``keep`` does not keep (see the module docstring)."""
     kept, freed, unfinished = plan_keep(exp, keep)
-    trainings = join_uri(exp, TRAININGS)
+    trainings = trainings_path(exp)
     sizes = folder_sizes(trainings)
     for trial_id in freed:
         remove_dir(trainings, trial_id)
@@ -158,13 +156,13 @@ def apply_keep(exp: str, keep: str) -> Retention:
     )
 
 
-def after_search(exp: str, keep: str | None) -> str:
+def after_search(exp: str, keep: str) -> str:
     """What the search driver calls when a search or its resume has finished: apply
-    ``keep`` (None: an experiment from before ``--keep``, which keeps all) and return the
-    one line to print. A failure to read or delete is that line, never an exception: the
-    search itself has finished and its results are safe.
+    ``keep`` (the metadata's; ``all`` for an experiment from before ``--keep``, see
+    :class:`lossearch.experiment.SearchMeta`) and return the one line to print. A failure to
+    read or delete is that line, never an exception: the search itself has finished and its
+    results are safe.
     """
-    keep = LEGACY_KEEP if keep is None else keep
     try:
         return apply_keep(exp, keep).line()
     except (OSError, LossearchError) as err:
