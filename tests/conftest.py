@@ -71,6 +71,58 @@ def small_search(ray_local, tmp_path_factory):
     return Path(exp)
 
 
+
+# A 2-trial search through the command line, 1 epoch each, 2 at a time, with TensorBoard and
+# MLflow on: shared by test_confirm.py (which confirms a copy) and test_tracking.py (which
+# reads its live view and trackers). The task is a jsonl whose every training target is
+# ``ok`` (the tiny model learns it within one short epoch); its test file, which the search
+# must never read, does not exist while the search runs (test_confirm.py writes it later).
+CLI_GRID = [
+    {"loss.family": "ce", "optim.lr": 5e-3},
+    {"loss.family": "focal", "loss.ce.weight": 0.6, "loss.focal.gamma": 2.0, "optim.lr": 3e-3},
+]
+
+
+@pytest.fixture(scope="session")
+def cli_search(tmp_path_factory):
+    """``{"root", "exp", "done", "log_to"}``: the folder the search ran in (``train.jsonl``,
+    ``space.yaml``; ``test.jsonl`` is named by the space but absent), its experiment, the
+    finished ``lossearch search`` and the trackers it logged to (those installed)."""
+    import importlib.util
+    import json
+
+    import yaml
+
+    from tests import procs
+
+    root = tmp_path_factory.mktemp("cli_search")
+    rows = [{"prompt": f"item {i}: ", "target": "ok"} for i in range(660)]
+    (root / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    space = {
+        "base": {
+            "name": "cli",
+            "task": {"name": "jsonl", "train_file": str(root / "train.jsonl"),
+                     "test_file": str(root / "test.jsonl"), "val_size": 20, "max_length": 32},
+            "model": {"name_or_path": "tiny"},
+            "optim": {"epochs": 1, "lr": 1e-2, "warmup_steps": 0, "batch_size": 16},
+            "eval": {"max_new_tokens": 4},
+            "scaling": {"cpus_per_worker": 1},
+        },
+        "search": {"sampler": "grid", "seed": 0, "scheduler": "fifo", "metric": "exact_match",
+                   "mode": "max", "max_concurrent": 2},
+        "grid": CLI_GRID,
+    }
+    (root / "space.yaml").write_text(yaml.safe_dump(space))
+    log_to = [t for t in ("tensorboard", "mlflow") if importlib.util.find_spec(t) is not None]
+    done = procs.run_cli(
+        ["search", "--space", "space.yaml", "--storage", "exps", "--name", "s",
+         *(["--log-to", ",".join(log_to)] if log_to else [])],
+        cwd=root, timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert not (root / "test.jsonl").exists()
+    return {"root": root, "exp": root / "exps" / "s", "done": done, "log_to": log_to}
+
 # The 2-node Ray cluster, the S3 server and the search on both, shared by test_cluster.py and
 # test_s3.py (one search: a cluster needs shared storage anyway).
 from tests.clusters import cluster_s3_search, moto_s3, ray_cluster  # noqa: E402, F401

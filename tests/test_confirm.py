@@ -9,6 +9,7 @@ validation exact match is above zero, test exact match is exactly zero.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -23,38 +24,15 @@ def _write_jsonl(path: Path, rows: list[dict]) -> Path:
     return path
 
 
-def _space(root: Path) -> dict:
-    return {
-        "base": {
-            "task": {"name": "jsonl", "train_file": str(root / "train.jsonl"),
-                     "test_file": str(root / "test.jsonl"), "val_size": 20, "max_length": 32},
-            "model": {"name_or_path": "tiny"},
-            "optim": {"epochs": 1, "lr": 1e-2, "warmup_steps": 0, "batch_size": 16},
-            "eval": {"max_new_tokens": 4},
-            "scaling": {"cpus_per_worker": 1},
-        },
-        "search": {"sampler": "grid", "scheduler": "fifo", "metric": "exact_match",
-                   "mode": "max"},
-        "grid": [
-            {"loss.family": "ce"},
-            {"loss.family": "focal", "loss.ce.weight": 0.5, "loss.focal.gamma": 2.0},
-        ],
-    }
-
-
 @pytest.fixture(scope="module")
-def searched(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A 2-trial search run while the test file does not even exist."""
+def searched(cli_search: dict, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of conftest's ``cli_search`` (a 2-trial search, ce and focal, run while the
+    test file did not even exist), in a folder of its own; the test file now written."""
     root = tmp_path_factory.mktemp("confirm")
-    _write_jsonl(root / "train.jsonl",
-                 [{"prompt": f"item {i}: ", "target": "ok"} for i in range(660)])
-    (root / "space.yaml").write_text(yaml.safe_dump(_space(root)))
-    done = procs.run_cli(["search", "--space", "space.yaml", "--storage", "exps",
-                          "--name", "s"], cwd=root, timeout=400)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert not (root / "test.jsonl").exists()
-    _write_jsonl(root / "test.jsonl",
+    assert not (cli_search["root"] / "test.jsonl").exists()
+    _write_jsonl(cli_search["root"] / "test.jsonl",
                  [{"prompt": f"item {i}: ", "target": "never said"} for i in range(700, 730)])
+    shutil.copytree(cli_search["exp"], root / "exps" / "s")
     return root
 
 

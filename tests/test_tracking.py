@@ -1,7 +1,8 @@
 """``--log-to``: TensorBoard and MLflow runs of a search and of ``lossearch train``, read back
 with the trackers' own readers; the live view of that search; the missing-package error.
 
-One tiny real search (2 trials, 1 epoch) through the CLI, shared by the search tests.
+One tiny real search (2 trials, 1 epoch) through the CLI, shared by the search tests
+and test_confirm.py (``cli_search`` in conftest).
 W&B is not installed in the test environment: its path is the missing-package error only.
 """
 
@@ -12,30 +13,11 @@ import re
 from pathlib import Path
 
 import pytest
-import yaml
 
 from lossearch.errors import LossearchError
 from lossearch.tracking import TRACKERS, check_destination, flatten, numbers, parse_log_to
-from tests.conftest import EASY_BASE
 from tests.procs import error_line, run_cli
 
-TINY_BASE = {  # conftest's easy arith, smaller: 8 steps, 20 questions, 1 epoch
-    **EASY_BASE,
-    "name": "trk",
-    "task": {**EASY_BASE["task"], "arith_train_size": 256, "val_size": 20},
-    "optim": {**EASY_BASE["optim"], "epochs": 1, "warmup_steps": 2},
-    "eval": {"max_new_tokens": 8},
-}
-SPACE = {
-    "base": TINY_BASE,
-    "search": {"sampler": "grid", "seed": 0, "scheduler": "fifo", "metric": "exact_match",
-               "mode": "max", "max_concurrent": 2},
-    "grid": [
-        {"loss.family": "ce", "optim.lr": 5e-3},
-        {"loss.family": "focal", "loss.ce.weight": 0.6, "loss.focal.gamma": 2.0,
-         "optim.lr": 3e-3},
-    ],
-}
 LINE = re.compile(r"^trial (\d)/2 (ce lr=5e-3|focal w_ce=0\.6 γ=2 lr=3e-3) → "
                   r"exact_match [\d.e-]+ \(1 epoch, \d+ s\)$")
 MISSING = next((t for t, (module, _) in TRACKERS.items()
@@ -107,19 +89,12 @@ def test_cli_missing_tracker_is_one_line_before_ray(command, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def tracked_search(tmp_path_factory):
+def tracked_search(cli_search):
+    """conftest's ``cli_search``: 2 trials (``CLI_GRID``), 1 epoch, logged to both trackers."""
     pytest.importorskip("tensorboard")
     pytest.importorskip("mlflow")
-    root = tmp_path_factory.mktemp("tracked")
-    space = root / "space.yaml"
-    space.write_text(yaml.safe_dump(SPACE))
-    done = run_cli(
-        ["search", "--space", space, "--storage", root / "exp", "--name", "trk",
-         "--log-to", "tensorboard,mlflow"],
-        cwd=root, timeout=600,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    return root / "exp" / "trk", done
+    assert cli_search["log_to"] == ["tensorboard", "mlflow"]
+    return cli_search["exp"], cli_search["done"]
 
 
 @pytest.mark.slow
