@@ -123,6 +123,19 @@ def test_keep_none_deletes_every_ended_trials_checkpoints(exp_copy: Path) -> Non
     assert apply_keep(str(exp_copy), "none").line() == "checkpoints: freed 0 trials', 0 B"
 
 
+
+def test_export_model_after_keep_none_names_keep(exp_copy: Path, tmp_path: Path) -> None:
+    from lossearch.experiment import read_meta, write_meta
+    from lossearch.search.export_model import export_model
+
+    meta = read_meta(str(exp_copy))
+    write_meta(str(exp_copy), {**meta, "keep": "none"})
+    apply_keep(str(exp_copy), "none")
+    with pytest.raises(LossearchError, match=r"deleted when the search ended \(--keep none\)"):
+        export_model(str(exp_copy), tmp_path / "model")
+    assert not (tmp_path / "model").exists()
+
+
 def test_a_uri_experiment_goes_through_pyarrow(exp_copy: Path) -> None:
     sizes = apply_keep(str(exp_copy), "all")
     result = apply_keep(f"file://{exp_copy}", "none")  # a URI, as s3://bucket/exp

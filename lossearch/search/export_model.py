@@ -32,7 +32,7 @@ from typing import Any
 import yaml
 
 from lossearch.errors import LossearchError
-from lossearch.experiment import trainings_path
+from lossearch.experiment import confirm_path, read_meta, trainings_path
 
 MARKER = "lossearch.yaml"
 """The file every model export holds; a directory with it is an earlier export."""
@@ -62,8 +62,16 @@ def _is_export(path: Path) -> bool:
 def _source(exp: str, winner: dict[str, Any]) -> tuple[str, Path]:
     """``(kind, run directory)`` of ``winner``: a confirm run or a search trial's training."""
     if "run_id" in winner:
-        return "confirm", Path(exp, "confirm", "runs", winner["run_id"])
-    return "search", Path(trainings_path(exp), winner["trial_id"])
+        return "confirm", Path(confirm_path(exp), "runs", winner["run_id"])
+    run_dir = Path(trainings_path(exp), winner["trial_id"])
+    keep = read_meta(exp)["keep"]
+    if not run_dir.is_dir() and keep != "all":
+        raise LossearchError(
+            f"trial {winner['trial_id']}'s checkpoints were deleted when the search ended "
+            f"(--keep {keep}): run lossearch confirm {exp} and export its winner, or search "
+            "again with --keep best"
+        )
+    return "search", run_dir
 
 
 def _final_model(run_dir: Path, seed: int, epochs: int) -> tuple[Path, int, dict[str, Any]]:
