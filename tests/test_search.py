@@ -112,8 +112,8 @@ def test_sigkill_then_resume_completes_n_unique_trials(tmp_path):
     """Fair budgets too: exactly per_family trials of each family after the resume."""
     space = {
         # short trainings: this test is about the driver's death, not about learning
-        "base": {**EASY_BASE, "task": {**EASY_BASE["task"], "arith_train_size": 640,
-                                       "val_size": 20}},
+        "base": {**EASY_BASE, "task": {**EASY_BASE["task"], "arith_train_size": 320,
+                                       "val_size": 20}, "eval": {"max_new_tokens": 8}},
         "search": {"sampler": "random", "seed": 1, "scheduler": "fifo", "per_family": 2},
         "space": {
             "loss.family": {"choices": {"ce": {}, "focal": {"loss.focal.gamma": {
