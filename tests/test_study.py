@@ -17,7 +17,7 @@ from optuna.trial import TrialState
 from analysis.load import load_trials
 from lossearch.search import study as st
 from tests.conftest import SEARCH_SPACE
-from tests.procs import run_cli
+from tests.procs import run_clis
 
 
 def _journal(exp: Path) -> optuna.storages.BaseStorage:
@@ -129,23 +129,32 @@ def cli_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-@pytest.mark.parametrize(
-    ("args", "expect"),
-    [
-        (["--space", "same.yaml", "--warm-start", "folder"], "not a lossearch experiment"),
-        (["--space", "same.yaml", "--warm-start", "nowhere"], "not an experiment directory"),
-        (["--space", "other.yaml", "--warm-start", "{small}"],
-         "a different search space (first: 'grid[1] loss.focal.gamma')"),
-        (["--space", "same.yaml", "--warm-start", "{small}", "--num-samples", "3"],
-         "exceeds the grid's 1 unmeasured points"),
-        (["--space", "same.yaml", "--optuna-storage", "sqlite:////no/such/dir/x.db"],
-         "--optuna-storage sqlite:////no/such/dir/x.db:"),
-        (["--space", "same.yaml", "--optuna-storage", "studies.db"], "must be a database URL"),
-    ],
-)
-def test_bad_input(cli_dir: Path, small_search: Path, args: list[str], expect: str) -> None:
-    args = [a.format(small=small_search) for a in args]
-    out = run_cli(["search", *args, "--storage", "exps", "--name", "x"], cwd=cli_dir)
+BAD_INPUT = [
+    (["--space", "same.yaml", "--warm-start", "folder"], "not a lossearch experiment"),
+    (["--space", "same.yaml", "--warm-start", "nowhere"], "not an experiment directory"),
+    (["--space", "other.yaml", "--warm-start", "{small}"],
+     "a different search space (first: 'grid[1] loss.focal.gamma')"),
+    (["--space", "same.yaml", "--warm-start", "{small}", "--num-samples", "3"],
+     "exceeds the grid's 1 unmeasured points"),
+    (["--space", "same.yaml", "--optuna-storage", "sqlite:////no/such/dir/x.db"],
+     "--optuna-storage sqlite:////no/such/dir/x.db:"),
+    (["--space", "same.yaml", "--optuna-storage", "studies.db"], "must be a database URL"),
+]
+
+
+@pytest.fixture(scope="module")
+def bad_input_runs(cli_dir: Path, small_search: Path) -> list:
+    """Every bad-input case through ``lossearch search``, 2 at a time (none may start Ray)."""
+    commands = [["search", *[a.format(small=small_search) for a in args], "--storage", "exps",
+                 "--name", "x"] for args, _ in BAD_INPUT]
+    return run_clis(commands, cwd=cli_dir)
+
+
+@pytest.mark.parametrize("case", range(len(BAD_INPUT)),
+                         ids=[f"args{i}-{expect}" for i, (_, expect) in enumerate(BAD_INPUT)])
+def test_bad_input(cli_dir: Path, bad_input_runs: list, case: int) -> None:
+    expect = BAD_INPUT[case][1]
+    out = bad_input_runs[case]
     lines = out.stderr.strip().splitlines()
     assert out.returncode == 2, out.stderr[-2000:]
     assert len(lines) == 1 and expect in lines[0], lines
