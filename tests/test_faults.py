@@ -472,22 +472,37 @@ def test_resume_after_sigint_ends_with_all_trials(sigint_search: dict[str, Any])
     assert (exp / "best.yaml").is_file()
 
 
+@pytest.fixture(scope="module")
+def stopped_trains(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """``lossearch train`` (4 epochs) stopped by SIGINT and by SIGTERM after its first epoch;
+    the two run side by side, each in its own folder and session."""
+    import signal
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(signame: str) -> tuple[str, dict[str, Any]]:
+        sig = getattr(signal, signame)
+        root = tmp_path_factory.mktemp(signame.lower())
+        log, run = root / "train.log", root / "run"
+        p = procs.start([BIN / "lossearch", "train", "--out", run, *TINY_RUN, "optim.epochs=4"],
+                        log=log, cwd=root, env=lossearch_env())
+        try:
+            procs.wait_for_file(log, 240, "epoch 1/4")
+            os.kill(p.pid, sig)
+            rc = procs.wait_exit(p, 120, log)
+        finally:
+            procs.kill_driver(p)
+        return signame, {"sig": sig, "log": log, "run": run, "rc": rc}
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        return dict(pool.map(one, ["SIGINT", "SIGTERM"]))
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM"])
-def test_stop_signal_during_train_is_one_line(signame: str, tmp_path: Path) -> None:
+def test_stop_signal_during_train_is_one_line(signame: str, stopped_trains: dict) -> None:
     """After the first epoch: one line naming the resume command, exit 130 / 143."""
-    import signal
-
-    sig = getattr(signal, signame)
-    log, run = tmp_path / "train.log", tmp_path / "run"
-    p = procs.start([BIN / "lossearch", "train", "--out", run, *TINY_RUN, "optim.epochs=4"],
-                    log=log, cwd=tmp_path, env=lossearch_env())
-    try:
-        procs.wait_for_file(log, 240, "epoch 1/4")
-        os.kill(p.pid, sig)
-        rc = procs.wait_exit(p, 120, log)
-    finally:
-        procs.kill_driver(p)
+    stopped = stopped_trains[signame]
+    sig, log, run, rc = stopped["sig"], stopped["log"], stopped["run"], stopped["rc"]
     text, lines = _stop_lines(log)
     assert rc == 128 + sig, text[-3000:]
     assert lines == [
