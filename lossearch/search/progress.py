@@ -207,10 +207,14 @@ def live_view(
 def resume_view(verbose: int) -> None:
     """Choose Tune's output engine for ``verbose`` (1: the classic one, which prints the
     ``CLIReporter`` of :func:`live_view`; else the user's own setting, by default Ray's new
-    engine). A resumed search gets its reporter and callbacks back from Tune's saved state, so
-    the engine is all there is to choose."""
+    engine; Optuna's INFO lines off at 1). A resumed search gets its reporter and callbacks
+    back from Tune's saved state, so the engine is all there is to choose."""
     if verbose == 1:
         os.environ[NEW_OUTPUT] = "0"
+        import optuna
+
+        # "A new study created in memory/Journal" per search: noise beside the live view
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
     elif _user_new_output is None:
         os.environ.pop(NEW_OUTPUT, None)
     else:
