@@ -9,7 +9,8 @@ log-softmax once per step and hands it to every component.
 Names in a loss spec (``LOSSES``): ``ce``, ``focal``, ``lovasz``, ``gdice``, ``sadl``,
 ``tversky``, ``poly1``, ``answer_ce`` (CE on the answer tokens only, whatever
 ``ce_scope`` says), ``dft`` (Dynamic Fine-Tuning), ``prob_power`` ((1 - p^alpha) / alpha).
-``ce`` takes ``label_smoothing``.
+``ce`` takes ``label_smoothing``. Each loss's parameters, with their defaults and ranges, are
+its pydantic model ``LOSSES[name].params`` (:mod:`lossearch.losses.params`).
 """
 
 from lossearch.losses.answer_ce import answer_cross_entropy
@@ -19,13 +20,13 @@ from lossearch.losses.dft import dft_loss
 from lossearch.losses.dice import generalized_dice_loss
 from lossearch.losses.focal import focal_loss
 from lossearch.losses.lovasz import lovasz_softmax_loss
+from lossearch.losses.params import LossParams
 from lossearch.losses.poly1 import poly1_loss
 from lossearch.losses.prob_power import prob_power_loss
 from lossearch.losses.registry import (
     CE_SCOPES,
     LOSSES,
     LossInfo,
-    Param,
     loss_family,
     normalize_spec,
 )
@@ -38,7 +39,7 @@ __all__ = [
     "CompositeLoss",
     "LossInfo",
     "LossOutput",
-    "Param",
+    "LossParams",
     "answer_cross_entropy",
     "build_loss",
     "cross_entropy",

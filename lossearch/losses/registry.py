@@ -1,16 +1,16 @@
-"""The loss registry: names, parameters, their ranges, and the validation of a loss spec.
+"""The loss registry: names, entry points, parameter models, and the validation of a loss spec.
 
 A loss spec is the config's ``loss`` section: component names mapped to a weight or to
 ``{weight: w, <params>}``, plus ``ce_scope``. :func:`normalize_spec` checks it and fills
 every default; every user error is a one-line :class:`~lossearch.errors.LossearchError`
-naming the loss and the parameter.
+naming the loss and the parameter. Each loss's parameters (defaults, types, ranges) are the
+pydantic model in :mod:`lossearch.losses.params`; nothing else lists them.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from lossearch.errors import LossearchError
@@ -20,6 +20,19 @@ from lossearch.losses.dft import dft_from_log_probs, dft_loss
 from lossearch.losses.dice import generalized_dice_from_log_probs, generalized_dice_loss
 from lossearch.losses.focal import focal_from_log_probs, focal_loss
 from lossearch.losses.lovasz import lovasz_from_log_probs, lovasz_softmax_loss
+from lossearch.losses.param_text import validate_params
+from lossearch.losses.params import (
+    CeParams,
+    FocalParams,
+    GdiceParams,
+    LossParams,
+    LovaszParams,
+    Poly1Params,
+    ProbPowerParams,
+    SadlParams,
+    TverskyParams,
+    with_weight,
+)
 from lossearch.losses.poly1 import poly1_from_log_probs, poly1_loss
 from lossearch.losses.prob_power import prob_power_from_log_probs, prob_power_loss
 from lossearch.losses.sadl import self_adjusting_dice_from_log_probs, self_adjusting_dice_loss
@@ -29,120 +42,38 @@ CE_SCOPES = ("sequence", "answer")
 DEFAULT_CE_SCOPE = "sequence"
 
 
-def _fmt(x: float) -> str:
-    return f"{x:g}"
-
-
-@dataclass(frozen=True)
-class Param:
-    """One parameter of a loss: its default and the values it accepts.
-
-    ``kind`` is ``"float"`` (optionally bounded by ``low``/``high``, inclusive unless
-    ``low_open``/``high_open``), ``"optional_float"`` (``None`` or a bounded float),
-    ``"choice"`` (one of ``choices``) or ``"bool"``. Numbers may be given as numeric strings
-    (YAML reads ``1e-5`` as a string).
-    """
-
-    name: str
-    default: Any
-    kind: str = "float"
-    low: float | None = None
-    high: float | None = None
-    choices: tuple[str, ...] = ()
-    low_open: bool = False
-    high_open: bool = False
-
-    def check(self, loss: str, value: Any) -> Any:
-        """Return ``value`` in canonical form or raise ``LossearchError``."""
-        where = f"loss '{loss}': {self.name}"
-        if self.kind == "bool":
-            if not isinstance(value, bool):
-                raise LossearchError(f"{where} must be true or false, got {value!r}")
-            return value
-        if self.kind == "choice":
-            if value not in self.choices:
-                allowed = ", ".join(repr(c) for c in self.choices)
-                raise LossearchError(f"{where} must be one of {allowed}, got {value!r}")
-            return value
-        if self.kind == "optional_float" and value is None:
-            return None
-        number = to_number(value)
-        if number is None:
-            what = "null or a number" if self.kind == "optional_float" else "a number"
-            raise LossearchError(f"{where} must be {what}, got {value!r}")
-        too_low = self.low is not None and (
-            number <= self.low if self.low_open else number < self.low
-        )
-        too_high = self.high is not None and (
-            number >= self.high if self.high_open else number > self.high
-        )
-        if too_low or too_high:
-            raise LossearchError(f"{where} must be {self._range()}, got {value!r}")
-        return number
-
-    def _range(self) -> str:
-        if self.low is not None and self.high is not None:
-            left, right = "(" if self.low_open else "[", ")" if self.high_open else "]"
-            return f"in {left}{_fmt(self.low)}, {_fmt(self.high)}{right}"
-        if self.low is not None:
-            return f"{'>' if self.low_open else '>='} {_fmt(self.low)}"
-        return f"{'<' if self.high_open else '<='} {_fmt(self.high)}"
-
-
-def to_number(value: Any) -> float | None:
-    """A finite float from an int, float or numeric string; ``None`` for anything else."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, str):
-        try:
-            value = float(value)
-        except ValueError:
-            return None
-    if not isinstance(value, (int, float)):
-        return None
-    value = float(value)
-    return value if math.isfinite(value) else None
-
-
 @dataclass(frozen=True)
 class LossInfo:
     """A registered loss: the public function, its log-probs entry point, its parameters.
 
     ``from_log_probs(log_probs [N, V] float32, target [N], **params)`` is what
     :class:`~lossearch.losses.composite.CompositeLoss` calls with the shared log-softmax.
+    ``params`` is the pydantic model of those keyword arguments (names, defaults, ranges).
     ``per_sequence`` marks a loss whose entry point also takes ``seq_ids``.
     """
 
     name: str
     fn: Callable[..., Any]
     from_log_probs: Callable[..., Any]
-    params: tuple[Param, ...] = ()
+    params: type[LossParams] = LossParams
     summary: str = ""
     per_sequence: bool = False
-    _by_name: dict[str, Param] = field(init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "_by_name", {p.name: p for p in self.params})
 
     def defaults(self) -> dict[str, Any]:
-        return {p.name: p.default for p in self.params}
+        """Every parameter's default, in declaration order."""
+        return self.params().model_dump()
 
     def check_params(self, given: Mapping[str, Any]) -> dict[str, Any]:
-        """All parameters (defaults filled, declaration order), each checked."""
-        for key in given:
-            if key not in self._by_name:
-                allowed = ", ".join(["weight", *self._by_name])
-                raise LossearchError(
-                    f"loss '{self.name}': unknown parameter '{key}' (allowed: {allowed})"
-                )
-        return {
-            p.name: p.check(self.name, given[p.name]) if p.name in given else p.default
-            for p in self.params
-        }
+        """All parameters (defaults filled, declaration order), each checked; a bad one is a
+        one-line ``LossearchError`` naming this loss and the parameter."""
+        return validate_params(self.name, self.params, dict(given)).model_dump()
 
+    def check_component(self, value: Any) -> dict[str, Any]:
+        """A spec entry (a bare weight, or ``{weight: w, <params>}``) as ``{"weight": w,
+        <every param>}``; errors as :meth:`check_params`, plus ``missing 'weight'``."""
+        given = dict(value) if isinstance(value, Mapping) else {"weight": value}
+        return validate_params(self.name, with_weight(self.params), given).model_dump()
 
-_CLASSES = Param("classes", "present", kind="choice", choices=("present", "all"))
-_SMOOTH = Param("smooth", 1e-5, low=0.0)
 
 LOSSES: dict[str, LossInfo] = {
     info.name: info
@@ -151,33 +82,28 @@ LOSSES: dict[str, LossInfo] = {
             "ce",
             cross_entropy,
             cross_entropy_from_log_probs,
-            (Param("label_smoothing", 0.0, low=0.0, high=1.0, high_open=True),),
+            CeParams,
             "token cross-entropy, optionally label-smoothed",
         ),
         LossInfo(
             "focal",
             focal_loss,
             focal_from_log_probs,
-            (Param("gamma", 2.0, low=0.0), Param("alpha", None, "optional_float", 0.0, 1.0)),
+            FocalParams,
             "focal loss (Lin et al. 2017)",
         ),
         LossInfo(
             "lovasz",
             lovasz_softmax_loss,
             lovasz_from_log_probs,
-            (_CLASSES,),
+            LovaszParams,
             "Lovász-softmax (Berman et al. 2018)",
         ),
         LossInfo(
             "gdice",
             generalized_dice_loss,
             generalized_dice_from_log_probs,
-            (
-                _CLASSES,
-                _SMOOTH,
-                Param("batch", True, kind="bool"),
-                Param("variant", "standard", kind="choice", choices=("standard", "paper")),
-            ),
+            GdiceParams,
             "generalized Dice (Sudre et al. 2017); variant 'paper' is the paper's code, bug "
             "for bug",
             per_sequence=True,
@@ -186,70 +112,46 @@ LOSSES: dict[str, LossInfo] = {
             "sadl",
             self_adjusting_dice_loss,
             self_adjusting_dice_from_log_probs,
-            (Param("alpha", 1.0, low=0.0), Param("gamma", 1.0, low=0.0)),
+            SadlParams,
             "self-adjusting Dice (Li et al. 2020)",
         ),
         LossInfo(
             "tversky",
             tversky_loss,
             tversky_from_log_probs,
-            (
-                Param("alpha", 0.5, low=0.0, high=1.0),
-                Param("beta", 0.5, low=0.0, high=1.0),
-                _CLASSES,
-                _SMOOTH,
-            ),
+            TverskyParams,
             "Tversky (Salehi et al. 2017)",
         ),
         LossInfo(
             "poly1",
             poly1_loss,
             poly1_from_log_probs,
-            (Param("epsilon", 1.0, low=-1.0),),
+            Poly1Params,
             "Poly-1 (Leng et al. 2022)",
         ),
         LossInfo(
             "answer_ce",
             answer_cross_entropy,
             answer_ce_from_log_probs,
-            (),
+            LossParams,
             "token cross-entropy on the answer tokens only",
         ),
         LossInfo(
             "dft",
             dft_loss,
             dft_from_log_probs,
-            (),
+            LossParams,
             "Dynamic Fine-Tuning, CE scaled by the detached p_t (Wu et al. 2025)",
         ),
         LossInfo(
             "prob_power",
             prob_power_loss,
             prob_power_from_log_probs,
-            (Param("alpha", 1.0, low=0.0, low_open=True),),
+            ProbPowerParams,
             "(1 - p_t^alpha) / alpha (Li et al. 2025)",
         ),
     )
 }
-
-
-def _component(name: str, value: Any) -> dict[str, Any]:
-    if name not in LOSSES:
-        known = ", ".join(LOSSES)
-        raise LossearchError(f"unknown loss '{name}' (known: {known})")
-    if isinstance(value, Mapping):
-        params = dict(value)
-        if "weight" not in params:
-            raise LossearchError(f"loss '{name}': missing 'weight'")
-        raw_weight = params.pop("weight")
-    else:
-        params, raw_weight = {}, value
-    weight = to_number(raw_weight)
-    if weight is None:
-        raise LossearchError(f"loss '{name}': weight must be a number, got {raw_weight!r}")
-    if weight < 0:
-        raise LossearchError(f"loss '{name}': weight must be >= 0, got {raw_weight!r}")
-    return {"weight": weight, **LOSSES[name].check_params(params)}
 
 
 def normalize_spec(spec: Mapping[str, Any]) -> dict[str, Any]:
@@ -279,7 +181,9 @@ def normalize_spec(spec: Mapping[str, Any]) -> dict[str, Any]:
             continue
         if not isinstance(name, str):
             raise LossearchError(f"loss: component names must be strings, got {name!r}")
-        out[name] = _component(name, value)
+        if name not in LOSSES:
+            raise LossearchError(f"unknown loss '{name}' (known: {', '.join(LOSSES)})")
+        out[name] = LOSSES[name].check_component(value)
     if not any(v["weight"] > 0 for k, v in out.items() if k != "ce_scope"):
         raise LossearchError("loss: at least one component needs a positive weight")
     return out
