@@ -16,7 +16,7 @@ storage URI such as ``s3://bucket/searches/quick``):
   test set's order, ``{"index", "prediction", "reference", "exact_match", ...}``.
 
 Local paths and storage URIs are both read through :mod:`pyarrow.fs` (see
-:mod:`analysis.load`).
+:mod:`analysis.location`).
 """
 
 from __future__ import annotations
@@ -33,9 +33,11 @@ import pandas as pd
 import pyarrow.fs as pafs
 import yaml
 
-from analysis.load import _get, _locate, is_uri
+from analysis.location import locate
+from analysis.records import dotted_get, is_number
 from lossearch.errors import LossearchError
 from lossearch.experiment import CONFIRM_DIR
+from lossearch.storage import is_uri
 
 CONFIRM_FILE = "confirm.yaml"
 RESULT_FILE = "result.json"
@@ -61,14 +63,10 @@ def predictions_name(seed: int) -> str:
     return f"test_predictions.seed{seed}.jsonl"
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
 def _as_float(value: Any) -> float:
     if isinstance(value, bool):
         return float(value)
-    return float(value) if _is_number(value) else math.nan
+    return float(value) if is_number(value) else math.nan
 
 
 def _file_location(exp_display: str, exp_root: str, uri: bool, *parts: str) -> str:
@@ -87,7 +85,7 @@ def _seed_metrics(block: Any, seed: int) -> dict[str, float]:
     if not isinstance(metrics, dict):
         return {}
     return {
-        str(k): _as_float(v) for k, v in metrics.items() if _is_number(v) or isinstance(v, bool)
+        str(k): _as_float(v) for k, v in metrics.items() if is_number(v) or isinstance(v, bool)
     }
 
 
@@ -107,16 +105,16 @@ def _run_rows(
                 f"{display}: run {run_id}: test seed key '{key}' is not an integer"
             ) from None
     rank = result.get("rank", entry.get("rank"))
-    epochs = result.get("epochs", _get(config, "optim.epochs"))
+    epochs = result.get("epochs", dotted_get(config, "optim.epochs"))
     common = {
         "experiment": exp,
-        "task": result.get("task", _get(config, "task.name")),
-        "model": result.get("model", _get(config, "model.name_or_path")),
+        "task": result.get("task", dotted_get(config, "task.name")),
+        "model": result.get("model", dotted_get(config, "model.name_or_path")),
         "loss": result.get("family", entry.get("family")),
         "config_id": str(result.get("trial_id", entry.get("trial_id"))),
         "run_id": run_id,
-        "rank": int(rank) if _is_number(rank) else None,
-        "epochs": int(epochs) if _is_number(epochs) else None,
+        "rank": int(rank) if is_number(rank) else None,
+        "epochs": int(epochs) if is_number(epochs) else None,
         "lr_edge": bool(result.get("lr_edge", False)),
     }
     rows = []
@@ -133,7 +131,7 @@ def _run_rows(
 
 def _experiment_rows(path: str | PathLike[str]) -> list[dict[str, Any]]:
     exp = str(path)
-    loc = _locate(path)
+    loc = locate(path)
     text = loc.read_text(loc.join(CONFIRM_DIR, CONFIRM_FILE))
     if text is None:
         raise LossearchError(
@@ -256,11 +254,11 @@ def read_predictions(path: str, metric: str) -> tuple[np.ndarray, list[str] | No
         if not isinstance(record, dict):
             raise LossearchError(f"{path}: line {lineno} is not a JSON object")
         value = record.get(metric)
-        if not (_is_number(value) or isinstance(value, bool)):
+        if not (is_number(value) or isinstance(value, bool)):
             raise LossearchError(f"{path}: line {lineno} has no numeric '{metric}'")
         records.append(record)
     indices = [r.get("index") for r in records]
-    if records and all(_is_number(i) for i in indices):
+    if records and all(is_number(i) for i in indices):
         if len(set(indices)) != len(indices):
             raise LossearchError(f"{path}: duplicate question index")
         records = [r for _, r in sorted(zip(indices, records, strict=True), key=lambda t: t[0])]

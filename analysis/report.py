@@ -23,11 +23,10 @@ from analysis.expected_max import expected_max, summarize_expected_max
 from analysis.importance import parameter_importance
 from analysis.load import (
     experiment_name,
-    is_uri,
-    load_history,
-    load_trials,
+    history_frame,
     metric_mode,
-    read_search_settings,
+    read_experiments,
+    trials_frame,
 )
 from analysis.plots import (
     plot_expected_max,
@@ -46,6 +45,7 @@ from analysis.rank import (
     rank_losses,
 )
 from lossearch.errors import LossearchError
+from lossearch.storage import is_uri
 
 DEFAULT_METRIC = "exact_match"
 GROUP = ("task", "model")
@@ -215,9 +215,10 @@ def rankings_json(rankings: pd.DataFrame) -> str:
 
 
 def _resolve_metric(
-    paths: Sequence[str | PathLike[str]], metric: str | None, mode: str | None
+    settings: Mapping[str, Any], metric: str | None, mode: str | None
 ) -> tuple[str, str]:
-    settings = read_search_settings(paths[0])
+    """The metric and mode asked for, else the search's (``settings``: the first
+    experiment's ``lossearch_search.yaml``), else :data:`DEFAULT_METRIC`."""
     chosen = metric or settings.get("metric") or DEFAULT_METRIC
     if mode is None:
         mode = metric_mode(
@@ -268,12 +269,13 @@ def run_analysis(
     paths = list(paths)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        trials = load_trials(paths)
-        history = load_history(paths)
+        experiments = read_experiments(paths)  # each experiment's files read once
+        trials = trials_frame(experiments)
+        history = history_frame(experiments)
     seen: dict[str, None] = {}
     for w in caught:
         seen.setdefault(str(w.message), None)
-    metric, mode = _resolve_metric(paths, metric, mode)
+    metric, mode = _resolve_metric(experiments[0].settings, metric, mode)
     if not trials.empty:
         metric_column(trials, metric)  # an unknown metric is a user error
     out_dir = Path(out).expanduser().resolve() if out is not None else default_out_dir(paths[0])

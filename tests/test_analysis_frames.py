@@ -22,9 +22,9 @@ from analysis import (
     rank_agreement,
     rank_losses,
 )
-from analysis.load import _first_error_line
 from analysis.rank import RankingWarning, best_configurations, counted_rows, welch_interval
 from analysis.report import Analysis, format_ranking_delta, rankings_table, render_report
+from analysis.tune_files import first_error_line
 from lossearch.errors import LossearchError
 
 _trial_counter = iter(range(10_000))
@@ -420,8 +420,8 @@ def test_first_error_line_of_tune_error_file() -> None:
         "              ^^^^^^\n"
         "RuntimeError: loss is nan\nsecond line\n"
     )
-    assert _first_error_line(text) == "RuntimeError: loss is nan"
-    assert _first_error_line("") is None
+    assert first_error_line(text) == "RuntimeError: loss is nan"
+    assert first_error_line("") is None
 
 
 def test_family_bars_from_constructed_rankings(tmp_path: Path) -> None:
