@@ -10,6 +10,7 @@ import sys
 import typing
 
 import typer
+from typer.exceptions import TyperException
 
 from lossearch import __version__
 from lossearch.errors import LossearchError
@@ -312,13 +313,10 @@ def main() -> None:
             _exit_interrupted(interrupted())
         typer.echo("aborted", err=True)
         sys.exit(130)
-    except Exception as exc:  # click usage errors
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show()
-            sys.exit(2)
-        raise
+    except TyperException as exc:  # usage errors: unknown command or option, bad value
+        if exc.format_message():  # empty for a bare `lossearch`, whose help is already out
+            typer.echo(f"error: {exc.format_message()} (see --help)", err=True)
+        sys.exit(2)
 
 
 def _exit_interrupted(stop: Interrupted) -> None:

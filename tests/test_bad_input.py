@@ -124,6 +124,12 @@ CASES: list[tuple[str, list[str], str]] = [
      "--seeds must be at least 1"),
     ("confirm-top-zero", ["confirm", "exps/existing", "--top", "0"], "--top must be at least 1"),
     ("confirm-no-finished-trial", ["confirm", "exps/existing"], "existing"),
+    # ---- usage errors (typer/click): unknown command or option, missing argument, bad value
+    ("unknown-command", ["report", "exps/existing"], "No such command 'report'"),
+    ("unknown-option", ["search", "--space", str(QUICK), "--bogus"], "No such option: --bogus"),
+    ("missing-argument", ["confirm"], "Missing argument"),
+    ("option-not-a-number", ["search", "--space", str(QUICK), "--max-concurrent", "x"],
+     "--max-concurrent"),
 ]
 SEARCH_NAME = "fresh"  # search cases write (nothing) into exps/fresh
 
