@@ -90,10 +90,11 @@ def train(
     """Fine-tune once with a config (for example one written by `lossearch export`)."""
     trackers = _trackers(log_to)
     from lossearch.config import load_config
+
+    cfg = load_config(config, overrides or [])  # a bad config is an error before torch loads
     from lossearch.fit import summary_line
     from lossearch.train import train as run_train
 
-    cfg = load_config(config, overrides or [])
     metrics = run_train(cfg, out_dir=out, address=address, announce=typer.echo, log_to=trackers)
     typer.echo(f"done: {summary_line(metrics)}")
 

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
 from lossearch.config import apply_overrides, dump_config, load_config, read_yaml
 from lossearch.errors import LossearchError
+from tests.procs import REPO
 
 
 def test_defaults_are_complete_and_round_trip(tmp_path):
@@ -67,3 +71,30 @@ def test_malformed_and_missing_yaml(tmp_path):
 def test_override_scalar_loss_weight_becomes_section():
     tree = apply_overrides({"loss": {"focal": 0.4}}, ["loss.focal.gamma=3"])
     assert tree["loss"]["focal"] == {"weight": 0.4, "gamma": 3}
+
+
+CHECK_WITHOUT_TORCH = """
+import sys
+from lossearch.config import load_config
+from lossearch.errors import LossearchError
+from lossearch.search.space import load_space
+cfg = load_config(overrides=["loss.focal.weight=0.4", "loss.focal.gamma=1.5"])
+assert cfg.loss["focal"]["gamma"] == 1.5
+try:
+    load_config(overrides=["loss.focal.weight=0.4", "loss.focal.gamma=-1"])
+    raise SystemExit("no error")
+except LossearchError:
+    pass
+load_space("search_spaces/quick.yaml")
+heavy = sorted(m for m in ("torch", "transformers", "ray") if m in sys.modules)
+print(",".join(heavy) or "none")
+"""
+
+
+def test_checking_a_config_or_space_imports_no_torch():
+    """A bad config is reported in a fraction of a second: the checks (loss parameters
+    included) need neither torch, transformers nor Ray; the loss functions load on use."""
+    done = subprocess.run([sys.executable, "-c", CHECK_WITHOUT_TORCH], capture_output=True,
+                          text=True, cwd=REPO, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "none"

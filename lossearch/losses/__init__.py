@@ -13,16 +13,12 @@ Names in a loss spec (``LOSSES``): ``ce``, ``focal``, ``lovasz``, ``gdice``, ``s
 its pydantic model ``LOSSES[name].params`` (:mod:`lossearch.losses.params`).
 """
 
-from lossearch.losses.answer_ce import answer_cross_entropy
-from lossearch.losses.composite import CompositeLoss, LossOutput, build_loss
-from lossearch.losses.cross_entropy import cross_entropy
-from lossearch.losses.dft import dft_loss
-from lossearch.losses.dice import generalized_dice_loss
-from lossearch.losses.focal import focal_loss
-from lossearch.losses.lovasz import lovasz_softmax_loss
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
 from lossearch.losses.params import LossParams
-from lossearch.losses.poly1 import poly1_loss
-from lossearch.losses.prob_power import prob_power_loss
 from lossearch.losses.registry import (
     CE_SCOPES,
     LOSSES,
@@ -30,8 +26,30 @@ from lossearch.losses.registry import (
     loss_family,
     normalize_spec,
 )
-from lossearch.losses.sadl import self_adjusting_dice_loss
-from lossearch.losses.tversky import tversky_loss
+
+# Names that need torch, imported on first access (PEP 562): checking a spec does not.
+_LAZY = {
+    "CompositeLoss": "composite",
+    "LossOutput": "composite",
+    "build_loss": "composite",
+    "answer_cross_entropy": "answer_ce",
+    "cross_entropy": "ce",
+    "dft_loss": "dft",
+    "focal_loss": "focal",
+    "generalized_dice_loss": "dice",
+    "lovasz_softmax_loss": "lovasz",
+    "poly1_loss": "poly1",
+    "prob_power_loss": "prob_power",
+    "self_adjusting_dice_loss": "sadl",
+    "tversky_loss": "tversky",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(f"lossearch.losses.{_LAZY[name]}"), name)
+    raise AttributeError(f"module 'lossearch.losses' has no attribute {name!r}")
+
 
 __all__ = [
     "CE_SCOPES",
@@ -54,3 +72,7 @@ __all__ = [
     "self_adjusting_dice_loss",
     "tversky_loss",
 ]
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_LAZY])

@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import Tensor
 
 from lossearch.losses import _functional as F
-from lossearch.losses.cross_entropy import cross_entropy_from_log_probs
+from lossearch.losses.ce import cross_entropy_from_log_probs
 
 
 def answer_ce_from_log_probs(log_probs: Tensor, target: Tensor) -> Tensor:

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from lossearch.losses import _functional
-from lossearch.losses.cross_entropy import cross_entropy_from_log_probs
+from lossearch.losses.ce import cross_entropy_from_log_probs
 from lossearch.losses.registry import LOSSES, loss_family, normalize_spec
 
 IGNORE_INDEX = -100

@@ -9,17 +9,12 @@ pydantic model in :mod:`lossearch.losses.params`; nothing else lists them.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from lossearch.errors import LossearchError
-from lossearch.losses.answer_ce import answer_ce_from_log_probs, answer_cross_entropy
-from lossearch.losses.cross_entropy import cross_entropy, cross_entropy_from_log_probs
-from lossearch.losses.dft import dft_from_log_probs, dft_loss
-from lossearch.losses.dice import generalized_dice_from_log_probs, generalized_dice_loss
-from lossearch.losses.focal import focal_from_log_probs, focal_loss
-from lossearch.losses.lovasz import lovasz_from_log_probs, lovasz_softmax_loss
 from lossearch.losses.param_text import validate_params
 from lossearch.losses.params import (
     CeParams,
@@ -33,10 +28,6 @@ from lossearch.losses.params import (
     TverskyParams,
     with_weight,
 )
-from lossearch.losses.poly1 import poly1_from_log_probs, poly1_loss
-from lossearch.losses.prob_power import prob_power_from_log_probs, prob_power_loss
-from lossearch.losses.sadl import self_adjusting_dice_from_log_probs, self_adjusting_dice_loss
-from lossearch.losses.tversky import tversky_from_log_probs, tversky_loss
 
 CE_SCOPES = ("sequence", "answer")
 DEFAULT_CE_SCOPE = "sequence"
@@ -50,14 +41,29 @@ class LossInfo:
     :class:`~lossearch.losses.composite.CompositeLoss` calls with the shared log-softmax.
     ``params`` is the pydantic model of those keyword arguments (names, defaults, ranges).
     ``per_sequence`` marks a loss whose entry point also takes ``seq_ids``.
+
+    Both functions live in ``lossearch.losses.<module>`` and are imported on first use, so
+    checking a loss spec (a config, a search space) does not import torch.
     """
 
     name: str
-    fn: Callable[..., Any]
-    from_log_probs: Callable[..., Any]
+    module: str
+    fn_name: str
+    from_log_probs_name: str
     params: type[LossParams] = LossParams
     summary: str = ""
     per_sequence: bool = False
+
+    @property
+    def fn(self) -> Callable[..., Any]:
+        """The public loss ``fn(logits [N, V], target [N], **params) -> scalar``."""
+        return getattr(importlib.import_module(f"lossearch.losses.{self.module}"), self.fn_name)
+
+    @property
+    def from_log_probs(self) -> Callable[..., Any]:
+        """The entry point on precomputed log-probs (see the class docstring)."""
+        module = importlib.import_module(f"lossearch.losses.{self.module}")
+        return getattr(module, self.from_log_probs_name)
 
     def defaults(self) -> dict[str, Any]:
         """Every parameter's default, in declaration order."""
@@ -80,29 +86,33 @@ LOSSES: dict[str, LossInfo] = {
     for info in (
         LossInfo(
             "ce",
-            cross_entropy,
-            cross_entropy_from_log_probs,
+            "ce",
+            "cross_entropy",
+            "cross_entropy_from_log_probs",
             CeParams,
             "token cross-entropy, optionally label-smoothed",
         ),
         LossInfo(
             "focal",
-            focal_loss,
-            focal_from_log_probs,
+            "focal",
+            "focal_loss",
+            "focal_from_log_probs",
             FocalParams,
             "focal loss (Lin et al. 2017)",
         ),
         LossInfo(
             "lovasz",
-            lovasz_softmax_loss,
-            lovasz_from_log_probs,
+            "lovasz",
+            "lovasz_softmax_loss",
+            "lovasz_from_log_probs",
             LovaszParams,
             "Lovász-softmax (Berman et al. 2018)",
         ),
         LossInfo(
             "gdice",
-            generalized_dice_loss,
-            generalized_dice_from_log_probs,
+            "dice",
+            "generalized_dice_loss",
+            "generalized_dice_from_log_probs",
             GdiceParams,
             "generalized Dice (Sudre et al. 2017); variant 'paper' is the paper's code, bug "
             "for bug",
@@ -110,43 +120,49 @@ LOSSES: dict[str, LossInfo] = {
         ),
         LossInfo(
             "sadl",
-            self_adjusting_dice_loss,
-            self_adjusting_dice_from_log_probs,
+            "sadl",
+            "self_adjusting_dice_loss",
+            "self_adjusting_dice_from_log_probs",
             SadlParams,
             "self-adjusting Dice (Li et al. 2020)",
         ),
         LossInfo(
             "tversky",
-            tversky_loss,
-            tversky_from_log_probs,
+            "tversky",
+            "tversky_loss",
+            "tversky_from_log_probs",
             TverskyParams,
             "Tversky (Salehi et al. 2017)",
         ),
         LossInfo(
             "poly1",
-            poly1_loss,
-            poly1_from_log_probs,
+            "poly1",
+            "poly1_loss",
+            "poly1_from_log_probs",
             Poly1Params,
             "Poly-1 (Leng et al. 2022)",
         ),
         LossInfo(
             "answer_ce",
-            answer_cross_entropy,
-            answer_ce_from_log_probs,
+            "answer_ce",
+            "answer_cross_entropy",
+            "answer_ce_from_log_probs",
             LossParams,
             "token cross-entropy on the answer tokens only",
         ),
         LossInfo(
             "dft",
-            dft_loss,
-            dft_from_log_probs,
+            "dft",
+            "dft_loss",
+            "dft_from_log_probs",
             LossParams,
             "Dynamic Fine-Tuning, CE scaled by the detached p_t (Wu et al. 2025)",
         ),
         LossInfo(
             "prob_power",
-            prob_power_loss,
-            prob_power_from_log_probs,
+            "prob_power",
+            "prob_power_loss",
+            "prob_power_from_log_probs",
             ProbPowerParams,
             "(1 - p_t^alpha) / alpha (Li et al. 2025)",
         ),
