@@ -525,7 +525,7 @@ def test_search_end_table(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsy
         "space: {}\nbase_config: {}\nmetric: exact_match\nmode: max\n"
     )
     monkeypatch.setattr(analysis, "load_trials", lambda paths: _one_and_two_seeds())
-    monkeypatch.setattr(export, "export_best", lambda exp, out: [Path(out)])
+    monkeypatch.setattr(export, "export_best", lambda exp, out, trials: [Path(out)])
     monkeypatch.setenv("COLUMNS", "200")
     with warnings.catch_warnings():
         warnings.simplefilter("error", RankingWarning)  # shown in the table, not as warnings

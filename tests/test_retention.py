@@ -182,6 +182,43 @@ def test_unfinished_trials_keep_their_checkpoints(exp_copy: Path, keep: str) -> 
     assert result.line().endswith("; kept 2 unfinished trials' for resume")
 
 
+def test_search_end_reads_the_trials_once(
+    exp_copy: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    """The driver's last step reads the trials frame; finish_search takes it over (with the
+    warnings its reading gave), so the end of a search reads the experiment once."""
+    import warnings
+
+    import analysis
+    from analysis.load import PartialExperimentWarning
+    from lossearch.search.export import export_best
+    from lossearch.search.report import finish_search, search_ended
+
+    expected = export_best(str(exp_copy), out=tmp_path / "best.yaml")[0].read_text()
+    best = {e["trial_id"] for e in best_configs(str(exp_copy), per_loss=True)}
+    statuses = _statuses(exp_copy)
+    running = sorted(t for t in set(statuses) - best if statuses[t] != "errored")[0]
+    _make_unfinished(exp_copy, running)
+    reads: list[object] = []
+    load_trials = analysis.load_trials
+    monkeypatch.setattr(
+        analysis, "load_trials", lambda paths, **kw: reads.append(paths) or load_trials(paths, **kw)
+    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        line = search_ended(str(exp_copy), "best")
+    assert caught == []  # they come with the table
+    assert line.startswith(f"checkpoints: kept {len(best)} trial") and "1 unfinished" in line
+    assert _trainings(exp_copy) == best | {running}
+    with pytest.warns(PartialExperimentWarning, match="experiment not finished: 1 running"):
+        path = finish_search(str(exp_copy))
+    assert len(reads) == 1
+    assert path == exp_copy / "best.yaml" and path.read_text() == expected
+    assert "best config:" in capsys.readouterr().out
+    finish_search(str(exp_copy))  # on its own (the frame was taken): reads the experiment
+    assert len(reads) == 2
+
+
 def test_after_search_defaults_and_failures(exp_copy: Path, tmp_path: Path) -> None:
     from lossearch.experiment import SEARCH_FILE, read_meta
 

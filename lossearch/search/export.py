@@ -14,11 +14,14 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from lossearch.errors import LossearchError
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 def _flat_params(row: Any) -> dict[str, Any]:
@@ -39,12 +42,16 @@ def best_configs(
     mode: str | None = None,
     per_loss: bool = False,
     top_k: int = 1,
+    *,
+    trials: pd.DataFrame | None = None,
 ) -> list[dict[str, Any]]:
     """The best trial, or with ``per_loss`` the ``top_k`` best of each loss family.
 
     Ranked by the seed mean of the final (validation) metric over finished trials. Returns
     dicts with ``config``, ``family``, ``trial_id``, ``rank`` (1 = the family's best),
     ``metric``, ``trial_mean`` and ``seed_value`` (the first seed's own final value).
+    ``trials``: ``exp``'s trials frame when the caller has read it already
+    (:func:`analysis.load_trials`; not modified), else it is read here.
     """
     from analysis import load_trials
     from lossearch.experiment import read_meta
@@ -53,7 +60,7 @@ def best_configs(
     meta = read_meta(exp)
     metric = metric or meta["metric"]
     mode = mode or meta["mode"]
-    df = load_trials([exp])
+    df = load_trials([exp]) if trials is None else trials
     col = f"final.{metric}"
     if col not in df.columns:
         raise LossearchError(f"metric '{metric}' was not reported by any trial of {exp}")
@@ -143,13 +150,20 @@ def confirmed_winner(exp: str, mode: str | None = None) -> dict[str, Any] | None
     }
 
 
-def pick_winner(exp: str, metric: str | None = None, mode: str | None = None) -> dict[str, Any]:
+def pick_winner(
+    exp: str,
+    metric: str | None = None,
+    mode: str | None = None,
+    *,
+    trials: pd.DataFrame | None = None,
+) -> dict[str, Any]:
     """What :func:`export_best` exports without ``per_loss``: the confirmed winner (an entry
     with ``run_id``, the confirm run's folder name) when a verdict exists and no other
-    ``metric`` is asked for, else the search's best trial (a :func:`best_configs` entry).
+    ``metric`` is asked for, else the search's best trial (a :func:`best_configs` entry, from
+    ``trials`` when given).
     """
     winner = None if metric else confirmed_winner(exp, mode)
-    return winner if winner is not None else best_configs(exp, metric, mode)[0]
+    return winner if winner is not None else best_configs(exp, metric, mode, trials=trials)[0]
 
 
 def export_best(
@@ -159,14 +173,16 @@ def export_best(
     mode: str | None = None,
     out: str | Path = "best.yaml",
     per_loss: bool = False,
+    trials: pd.DataFrame | None = None,
 ) -> list[Path]:
     """Write the best config to ``out`` (or, with ``per_loss``, ``<stem>-<family>.yaml``).
 
     The confirmed winner when a verdict exists (and neither ``per_loss`` nor another
-    ``metric`` is asked for), else the search's best by validation.
+    ``metric`` is asked for), else the search's best by validation (from ``trials``, the
+    experiment's trials frame, when the caller has it; else it is read).
     """
     out = Path(out)
-    winner = None if per_loss else pick_winner(exp, metric, mode)
+    winner = None if per_loss else pick_winner(exp, metric, mode, trials=trials)
     if winner is not None and "run_id" in winner:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(
@@ -175,7 +191,10 @@ def export_best(
         )
         return [out]
     written = []
-    for entry in [winner] if winner is not None else best_configs(exp, metric, mode, per_loss):
+    entries = [winner] if winner is not None else best_configs(
+        exp, metric, mode, per_loss, trials=trials
+    )
+    for entry in entries:
         path = out.with_name(f"{out.stem}-{entry['family']}{out.suffix}") if per_loss else out
         _write(entry, path)
         written.append(path)

@@ -25,10 +25,14 @@ import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from lossearch.errors import LossearchError
 from lossearch.experiment import trainings_path
 from lossearch.storage import is_uri, remove_dir
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 KEEP_MODES = ("best", "all", "none")
 DEFAULT_KEEP = "best"
@@ -105,33 +109,39 @@ def folder_sizes(folder: str) -> dict[str, int]:
     return sizes
 
 
-def _best_per_family(exp: str) -> set[str]:
+def _best_per_family(exp: str, trials: pd.DataFrame) -> set[str]:
     """Trial ids of the best finished trial of each family (none when no trial finished)."""
     from lossearch.search.export import best_configs
 
     try:
-        return {entry["trial_id"] for entry in best_configs(exp, per_loss=True)}
+        return {entry["trial_id"] for entry in best_configs(exp, per_loss=True, trials=trials)}
     except LossearchError:  # no finished trial with a value: no best to keep
         return set()
 
 
-def plan_keep(exp: str, keep: str) -> tuple[list[str], list[str], list[str]]:
+def plan_keep(
+    exp: str, keep: str, *, trials: pd.DataFrame | None = None
+) -> tuple[list[str], list[str], list[str]]:
     """``(kept, freed, unfinished)``: trial ids of ``exp`` by what ``keep`` does to them.
 
     Only trials that have a folder under ``trainings/`` are listed. A trial Tune has not
     ended, or one without results yet (:func:`analysis.load_trials` leaves it out), is
-    ``unfinished`` whatever ``keep`` says.
+    ``unfinished`` whatever ``keep`` says. ``trials``: ``exp``'s trials frame when the
+    caller has read it already, else it is read here (its partial-experiment warnings
+    silenced: the unfinished trials stay).
     """
-    from analysis import load_trials
-    from analysis.load import PartialExperimentWarning
-
     check_keep(keep)
     present = set(folder_sizes(trainings_path(exp)))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", PartialExperimentWarning)  # the unfinished stay
-        trials = load_trials([exp]).drop_duplicates("trial_id")
-        best = _best_per_family(exp) if keep == "best" else set()
-    status = dict(zip(trials["trial_id"], trials["status"], strict=True))
+    if trials is None:
+        from analysis import load_trials
+        from analysis.load import PartialExperimentWarning
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", PartialExperimentWarning)
+            trials = load_trials([exp])
+    best = _best_per_family(exp, trials) if keep == "best" else set()
+    per_trial = trials.drop_duplicates("trial_id")
+    status = dict(zip(per_trial["trial_id"], per_trial["status"], strict=True))
     ended = sorted(t for t in present if status.get(t) in ENDED)
     unfinished = sorted(present - set(ended))
     if keep == "all":
@@ -139,9 +149,10 @@ def plan_keep(exp: str, keep: str) -> tuple[list[str], list[str], list[str]]:
     return [t for t in ended if t in best], [t for t in ended if t not in best], unfinished
 
 
-def apply_keep(exp: str, keep: str) -> Retention:
-    """Delete the checkpoint folders ``keep`` does not keep (see the module docstring)."""
-    kept, freed, unfinished = plan_keep(exp, keep)
+def apply_keep(exp: str, keep: str, *, trials: pd.DataFrame | None = None) -> Retention:
+    """Delete the checkpoint folders ``keep`` does not keep (see the module docstring);
+    ``trials`` as for :func:`plan_keep`."""
+    kept, freed, unfinished = plan_keep(exp, keep, trials=trials)
     trainings = trainings_path(exp)
     sizes = folder_sizes(trainings)
     for trial_id in freed:
@@ -156,15 +167,15 @@ def apply_keep(exp: str, keep: str) -> Retention:
     )
 
 
-def after_search(exp: str, keep: str) -> str:
+def after_search(exp: str, keep: str, *, trials: pd.DataFrame | None = None) -> str:
     """What the search driver calls when a search or its resume has finished: apply
     ``keep`` (the metadata's; ``all`` for an experiment from before ``--keep``, see
     :class:`lossearch.experiment.SearchMeta`) and return the one line to print. A failure to
     read or delete is that line, never an exception: the search itself has finished and its
-    results are safe.
+    results are safe. ``trials`` as for :func:`plan_keep`.
     """
     try:
-        return apply_keep(exp, keep).line()
+        return apply_keep(exp, keep, trials=trials).line()
     except (OSError, LossearchError) as err:
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
         return f"checkpoints: not cleaned up (--keep {keep}): {first}"
