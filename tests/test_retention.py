@@ -182,17 +182,19 @@ def test_unfinished_trials_keep_their_checkpoints(exp_copy: Path, keep: str) -> 
     assert result.line().endswith("; kept 2 unfinished trials' for resume")
 
 
-def test_search_end_reads_the_trials_once(
+def test_search_end_reads_the_trials_twice(
     exp_copy: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
 ) -> None:
-    """The driver's last step reads the trials frame; finish_search takes it over (with the
-    warnings its reading gave), so the end of a search reads the experiment once."""
+    """The end of a search reads the experiment twice: once to apply --keep (the driver's
+    last step, its partial-experiment warning silenced) and once for the table and the export
+    (the warning shown there); the functions under them take the frame they are given."""
     import warnings
 
     import analysis
     from analysis.load import PartialExperimentWarning
     from lossearch.search.export import export_best
-    from lossearch.search.report import finish_search, search_ended
+    from lossearch.search.report import finish_search
+    from lossearch.search.retention import after_search
 
     expected = export_best(str(exp_copy), out=tmp_path / "best.yaml")[0].read_text()
     best = {e["trial_id"] for e in best_configs(str(exp_copy), per_loss=True)}
@@ -206,17 +208,16 @@ def test_search_end_reads_the_trials_once(
     )
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        line = search_ended(str(exp_copy), "best")
+        line = after_search(str(exp_copy), "best")
     assert caught == []  # they come with the table
     assert line.startswith(f"checkpoints: kept {len(best)} trial") and "1 unfinished" in line
     assert _trainings(exp_copy) == best | {running}
+    assert len(reads) == 1
     with pytest.warns(PartialExperimentWarning, match="experiment not finished: 1 running"):
         path = finish_search(str(exp_copy))
-    assert len(reads) == 1
+    assert len(reads) == 2
     assert path == exp_copy / "best.yaml" and path.read_text() == expected
     assert "best config:" in capsys.readouterr().out
-    finish_search(str(exp_copy))  # on its own (the frame was taken): reads the experiment
-    assert len(reads) == 2
 
 
 def test_after_search_defaults_and_failures(exp_copy: Path, tmp_path: Path) -> None:

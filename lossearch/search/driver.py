@@ -223,11 +223,10 @@ def run_search(
 
 
 def _apply_keep(exp_path: str, keep: str, announce: Callable[[str], None] | None) -> None:
-    """The search has ended: delete the checkpoints ``keep`` does not keep, say what. The
-    trials are read once here and handed to :func:`lossearch.search.report.finish_search`."""
-    from lossearch.search.report import search_ended
+    """The search has ended: delete the checkpoints ``keep`` does not keep, say what."""
+    from lossearch.search.retention import after_search
 
-    line = search_ended(exp_path, keep)
+    line = after_search(exp_path, keep)
     if announce:
         announce(line)
 
