@@ -446,6 +446,25 @@ def fit(
     return history
 
 
+def fit_in_run(cfg: TrainConfig, run: str, report: Report, **fit_kwargs: Any) -> None:
+    """:func:`fit` whose checkpoints live in the run folder ``run`` (a path or URI).
+
+    Training resumes from the run's latest checkpoint (``checkpointing.latest_in_run``);
+    each epoch's checkpoint is saved there (``checkpointing.save_to_run``) before
+    ``report(metrics, checkpoint_dir)`` is called. ``fit_kwargs`` go to :func:`fit`
+    (``seeds``, ``test``, ``tags``, ...). Raises :class:`NonFiniteLoss` as :func:`fit` does.
+    """
+    from lossearch.checkpointing import latest_in_run, save_to_run
+
+    def save_then_report(metrics: dict[str, Any], checkpoint_dir: str | None) -> None:
+        if checkpoint_dir is not None:
+            save_to_run(run, checkpoint_dir, int(metrics["epoch"]))
+        report(metrics, checkpoint_dir)
+
+    with latest_in_run(run) as resume_from:
+        fit(cfg, save_then_report, resume_from=resume_from, **fit_kwargs)
+
+
 def summary_line(metrics: dict[str, Any], epochs: int | None = None) -> str:
     """``epoch 3/4  loss 0.412  exact_match 0.455 ...`` (``epoch 3`` without ``epochs``)."""
     keys = ["loss", "exact_match", "formula_iou", "test/exact_match", "tokens_per_s"]

@@ -19,7 +19,7 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
-from lossearch.checkpointing import latest_in_run, read_state, save_to_run
+from lossearch.checkpointing import latest_in_run, read_state
 from lossearch.config import TrainConfig, dump_config
 from lossearch.errors import LossearchError
 from lossearch.interrupt import interrupted
@@ -104,22 +104,20 @@ def _fit_here(
 ) -> Callable[[], AbstractContextManager[Any]]:
     """:func:`lossearch.fit.fit` in this process, checkpoints in ``out/checkpoints``, every
     epoch also logged to the trackers ``log_to``."""
-    from lossearch.fit import NonFiniteLoss, fit
+    from lossearch.fit import NonFiniteLoss, fit_in_run
     from lossearch.tracking import tracked
 
     run = str(out / "checkpoints")
-
-    def report(metrics: dict[str, Any], checkpoint_dir: str | None) -> None:
-        if checkpoint_dir is not None:
-            save_to_run(run, checkpoint_dir, int(metrics["epoch"]))
-
-    with latest_in_run(run) as resume_from, \
-            tracked(report, log_to, out, name=cfg.name, config=cfg.to_dict()) as report_all:
+    with tracked(_no_report, log_to, out, name=cfg.name, config=cfg.to_dict()) as log:
         try:
-            fit(cfg, report_all, test=True, resume_from=resume_from)
+            fit_in_run(cfg, run, log, test=True)
         except NonFiniteLoss as err:
             raise LossearchError(f"training diverged: {err}") from None
     return lambda: latest_in_run(run)
+
+
+def _no_report(metrics: dict[str, Any], checkpoint_dir: str | None) -> None:
+    """Nothing to report beyond the checkpoint (``lossearch train`` has no Tune)."""
 
 
 def _fit_on_ray(

@@ -99,24 +99,20 @@ def _fit_in_trial(cfg: TrainConfig, seeds: list[int], run: str, test: bool) -> N
     import ray
     from ray import tune
 
-    from lossearch.checkpointing import latest_in_run, save_to_run
-    from lossearch.fit import NonFiniteLoss, fit
+    from lossearch.fit import NonFiniteLoss, fit_in_run
 
     if storage.file_exists(run, DIVERGED):  # Tune retries a failed trial: not this one
         raise TrialDiverged(storage.read_text(run, DIVERGED))
 
     def report(metrics: dict[str, Any], checkpoint_dir: str | None) -> None:
-        if checkpoint_dir is not None:
-            save_to_run(run, checkpoint_dir, int(metrics["epoch"]))
         tune.report(metrics)
 
     tags = {"node_id": ray.get_runtime_context().get_node_id()}
-    with latest_in_run(run) as resume_from:
-        try:
-            fit(cfg, report, seeds=seeds, test=test, resume_from=resume_from, tags=tags)
-        except NonFiniteLoss as err:
-            storage.write_text(run, DIVERGED, str(err))
-            raise TrialDiverged(str(err)) from None
+    try:
+        fit_in_run(cfg, run, report, seeds=seeds, test=test, tags=tags)
+    except NonFiniteLoss as err:
+        storage.write_text(run, DIVERGED, str(err))
+        raise TrialDiverged(str(err)) from None
 
 
 def _fit_with_ray_train(
