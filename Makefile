@@ -4,6 +4,8 @@ VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 TORCH   := torch==2.13.0
+# test processes (pytest-xdist); tests sharing a search or a cluster run in the same one
+WORKERS ?= 2
 
 .PHONY: run test bench lint setup clean
 
@@ -21,7 +23,7 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check lossearch analysis tests benchmarks
-	$(BIN)/python -m pytest -q --durations=15 tests
+	$(BIN)/python -m pytest -q -n $(WORKERS) --dist loadgroup --durations=15 tests
 
 bench: $(STAMP)
 	@for f in benchmarks/*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done

@@ -123,6 +123,27 @@ def cli_search(tmp_path_factory):
     assert not (root / "test.jsonl").exists()
     return {"root": root, "exp": root / "exps" / "s", "done": done, "log_to": log_to}
 
+# `make test` runs the suite in 2 processes (pytest-xdist, `--dist loadgroup`). A test runs
+# in the process of its group: the tests that use one of these session fixtures (a real
+# search, a Ray cluster: minutes of work) form one group, so the fixture is built once; every
+# other test goes with its module, so module fixtures (a table of CLI runs, a trained model)
+# run once.
+SHARED_GROUPS = {
+    "small_search": "small_search",
+    "cli_search": "cli_search",
+    "cluster_s3_search": "cluster",
+    "ray_cluster": "cluster",
+    "moto_s3": "cluster",
+}
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's hook turns the marks into groups
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        shared = [g for f, g in SHARED_GROUPS.items() if f in item.fixturenames]
+        item.add_marker(pytest.mark.xdist_group(shared[0] if shared else item.module.__name__))
+
+
 # The 2-node Ray cluster, the S3 server and the search on both, shared by test_cluster.py and
 # test_s3.py (one search: a cluster needs shared storage anyway).
 from tests.clusters import cluster_s3_search, moto_s3, ray_cluster  # noqa: E402, F401
