@@ -12,6 +12,7 @@ values are parsed as YAML scalars. Unknown keys and out-of-range values raise
 from __future__ import annotations
 
 import copy
+import os
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -119,6 +120,12 @@ class LoraConfig(_Section):
     # (lossearch.models.PAPER_LORA_TARGETS); all-linear: peft's every linear layer but the
     # output layer; or an explicit list of names
     target_modules: Literal["auto", "paper", "all-linear"] | list[str] = "auto"
+
+
+def looks_like_path(name: str) -> bool:
+    """``model.name_or_path`` names a local path (absolute, relative, ``~``, or an existing
+    directory), not a Hugging Face hub id."""
+    return name.startswith(("/", "./", "../", "~")) or name in (".", "..") or os.path.isdir(name)
 
 
 class ModelConfig(_Section):

@@ -33,7 +33,6 @@ DDP/``torch.compile`` wrappers before saving.
 from __future__ import annotations
 
 import math
-import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -54,7 +53,7 @@ from transformers import (
 from transformers.pytorch_utils import Conv1D
 
 from lossearch.config import LoraConfig as LoraSpec
-from lossearch.config import ModelConfig
+from lossearch.config import ModelConfig, looks_like_path
 from lossearch.errors import LossearchError
 
 if TYPE_CHECKING:
@@ -270,11 +269,6 @@ def load_model_and_tokenizer(
     if cfg.lora is not None:
         model = _add_lora(model, cfg.lora, seed)
     return model, tokenizer
-
-
-def looks_like_path(name: str) -> bool:
-    """A local path (absolute, relative, ``~``, or an existing directory), not a hub id."""
-    return name.startswith(("/", "./", "../", "~")) or name in (".", "..") or os.path.isdir(name)
 
 
 def _first_line(exc: BaseException) -> str:

@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from lossearch.config import ModelConfig, TrainConfig
+from lossearch.config import looks_like_path as _looks_like_path
 from lossearch.errors import LossearchError
-from lossearch.models import looks_like_path as _looks_like_path
 
 
 def _check_model_path(name: str) -> None:
@@ -64,10 +64,10 @@ def preflight(cfg: TrainConfig, *, test: bool = False) -> None:
     exists and its tokenizer loads; at least one training example fits in
     ``task.max_length``; one epoch has at least one optimizer step.
     """
-    from lossearch.losses import build_loss
+    from lossearch.losses import normalize_spec
     from lossearch.tasks import load_task, tokenize
 
-    build_loss(cfg.loss)
+    normalize_spec(cfg.loss)  # the checks build_loss makes, without importing torch
     _check_model_path(cfg.model.name_or_path)  # before the slow imports and data loading
     data = load_task(cfg.task, test=test)
     tokenizer = _tokenizer(cfg.model)

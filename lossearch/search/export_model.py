@@ -97,7 +97,7 @@ def _final_model(run_dir: Path, seed: int, epochs: int) -> tuple[Path, int, dict
 def base_model_ref(name_or_path: str) -> str:
     """How a user rebuilds the base: a local path made absolute (when it exists here), else
     the hub id (or ``tiny``) unchanged."""
-    from lossearch.models import looks_like_path
+    from lossearch.config import looks_like_path
 
     if looks_like_path(name_or_path):
         path = Path(name_or_path).expanduser()
