@@ -4,8 +4,9 @@ VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 TORCH   := torch==2.13.0
-# test processes (pytest-xdist); tests sharing a search or a cluster run in the same one
-WORKERS ?= 2
+# test processes (pytest-xdist; with 3 the 2-core machine here showed ~0% idle CPU);
+# tests sharing a search or a cluster run in the same one
+WORKERS ?= 3
 
 .PHONY: run test bench lint setup clean
 

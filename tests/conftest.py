@@ -123,7 +123,7 @@ def cli_search(tmp_path_factory):
     assert not (root / "test.jsonl").exists()
     return {"root": root, "exp": root / "exps" / "s", "done": done, "log_to": log_to}
 
-# `make test` runs the suite in 2 processes (pytest-xdist, `--dist loadgroup`). A test runs
+# `make test` runs the suite in 3 processes (pytest-xdist, `--dist loadgroup`). A test runs
 # in the process of its group: the tests that use one of these session fixtures (a real
 # search, a Ray cluster: minutes of work) form one group, so the fixture is built once; every
 # other test goes with its module, so module fixtures (a table of CLI runs, a trained model)
