@@ -137,11 +137,21 @@ SHARED_GROUPS = {
 }
 
 
+# The longest groups (minutes each, measured with --durations) go first: xdist hands groups
+# out in collection order, so a long one started last would run on alone at the end.
+LONGEST_FIRST = ("test_faults", "small_search", "cli_search", "cluster", "test_search",
+                 "test_train", "test_bad_input")
+
+
 @pytest.hookimpl(tryfirst=True)  # before xdist's hook turns the marks into groups
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    groups = {}
     for item in items:
         shared = [g for f, g in SHARED_GROUPS.items() if f in item.fixturenames]
-        item.add_marker(pytest.mark.xdist_group(shared[0] if shared else item.module.__name__))
+        groups[item] = shared[0] if shared else item.module.__name__
+        item.add_marker(pytest.mark.xdist_group(groups[item]))
+    rank = {g: i for i, g in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(groups[item], len(rank)))  # stable: order kept within
 
 
 # The 2-node Ray cluster, the S3 server and the search on both, shared by test_cluster.py and
