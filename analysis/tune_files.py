@@ -43,9 +43,13 @@ STATE_PREFIX, STATE_SUFFIX = "experiment_state-", ".json"
 RESULT_FILE = "result.json"
 ERROR_FILE = "error.txt"
 
-#: Keys Tune adds to every result: bookkeeping, not metrics.
+#: Keys Tune adds to every result: bookkeeping, not metrics. Ray's own list
+#: (``ray.tune.result.AUTO_RESULT_KEYS``) plus what Tune and lossearch's trials add; kept here
+#: because analysis imports no Ray, and checked against Ray's by tests/test_ray_internals.py.
 TUNE_KEYS = frozenset(
     {
+        "episodes_total",
+        "timesteps_total",
         "epoch",
         "timestamp",
         "checkpoint_dir_name",

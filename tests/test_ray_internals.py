@@ -132,3 +132,13 @@ def test_optuna_search_still_keeps_its_study_trials_and_told_ids():
     searcher.on_trial_complete("t1", result={"m": 0.5})
     assert ray_internals.optuna_told(searcher, "t1")
     assert ray_internals.optuna_trial(searcher, "t1").value == 0.5
+
+
+def test_analysis_leaves_out_every_key_tune_adds_to_a_result():
+    """analysis keeps its own copy of Tune's automatic result keys (it imports no Ray): a key
+    Ray adds in a later release must be added there, or it shows up as a metric column."""
+    from ray.tune.result import AUTO_RESULT_KEYS
+
+    from analysis.tune_files import TUNE_KEYS
+
+    assert set(AUTO_RESULT_KEYS) <= TUNE_KEYS, sorted(set(AUTO_RESULT_KEYS) - TUNE_KEYS)
