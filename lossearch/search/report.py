@@ -10,13 +10,10 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from lossearch.experiment import read_meta
 from lossearch.storage import is_uri
 
-if TYPE_CHECKING:
-    import pandas as pd
 
 def best_config_path(exp: str) -> Path:
     """``<exp>/best.yaml`` for a local experiment, ``./best-<name>.yaml`` for a URI."""
@@ -26,14 +23,13 @@ def best_config_path(exp: str) -> Path:
     return Path(exp) / "best.yaml"
 
 
-def finish_search(exp: str, *, trials: pd.DataFrame | None = None) -> Path:
+def finish_search(exp: str) -> Path:
     """Print the per-loss-family ranking table and export the best config; return its path.
 
     The table (:func:`analysis.report.rankings_table`) ranks only finished trials at the full
     epoch budget on the search metric (a validation score), titled with the number of seeds;
     the difference to CE is printed only with its 95% interval (``n/a (1 seed)`` without
     one). What the ranking left out (pruned, errored, shorter trials) is the table's caption.
-    ``trials``: the experiment's trials frame when the caller has read it, else it is read.
     """
     from rich.console import Console
 
@@ -45,7 +41,7 @@ def finish_search(exp: str, *, trials: pd.DataFrame | None = None) -> Path:
     meta = read_meta(exp)
     metric, mode = meta["metric"], meta["mode"]
     console = Console()
-    df = load_trials([exp]) if trials is None else trials
+    df = load_trials([exp])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RankingWarning)  # shown as the table's caption
         ranks = rank_losses(df, metric=metric, by=(), mode=mode)

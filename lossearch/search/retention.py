@@ -119,26 +119,27 @@ def _best_per_family(exp: str, trials: pd.DataFrame) -> set[str]:
         return set()
 
 
-def plan_keep(
-    exp: str, keep: str, *, trials: pd.DataFrame | None = None
-) -> tuple[list[str], list[str], list[str]]:
+def plan_keep(exp: str, keep: str) -> tuple[list[str], list[str], list[str]]:
     """``(kept, freed, unfinished)``: trial ids of ``exp`` by what ``keep`` does to them.
 
     Only trials that have a folder under ``trainings/`` are listed. A trial Tune has not
     ended, or one without results yet (:func:`analysis.load_trials` leaves it out), is
-    ``unfinished`` whatever ``keep`` says. ``trials``: ``exp``'s trials frame when the
-    caller has read it already, else it is read here (its partial-experiment warnings
-    silenced: the unfinished trials stay).
+    ``unfinished`` whatever ``keep`` says. The trials frame is read here (its
+    partial-experiment warnings silenced: the unfinished trials stay) and the best of each
+    family picked from it.
     """
     check_keep(keep)
-    present = set(folder_sizes(trainings_path(exp)))
-    if trials is None:
-        from analysis import load_trials
-        from analysis.load import PartialExperimentWarning
+    return _plan(exp, keep, set(folder_sizes(trainings_path(exp))))
 
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", PartialExperimentWarning)
-            trials = load_trials([exp])
+
+def _plan(exp: str, keep: str, present: set[str]) -> tuple[list[str], list[str], list[str]]:
+    """:func:`plan_keep` for the trial folders ``present`` (listed by the caller)."""
+    from analysis import load_trials
+    from analysis.load import PartialExperimentWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PartialExperimentWarning)
+        trials = load_trials([exp])
     best = _best_per_family(exp, trials) if keep == "best" else set()
     per_trial = trials.drop_duplicates("trial_id")
     status = dict(zip(per_trial["trial_id"], per_trial["status"], strict=True))
@@ -149,12 +150,12 @@ def plan_keep(
     return [t for t in ended if t in best], [t for t in ended if t not in best], unfinished
 
 
-def apply_keep(exp: str, keep: str, *, trials: pd.DataFrame | None = None) -> Retention:
-    """Delete the checkpoint folders ``keep`` does not keep (see the module docstring);
-    ``trials`` as for :func:`plan_keep`."""
-    kept, freed, unfinished = plan_keep(exp, keep, trials=trials)
+def apply_keep(exp: str, keep: str) -> Retention:
+    """Delete the checkpoint folders ``keep`` does not keep (see the module docstring)."""
+    check_keep(keep)
     trainings = trainings_path(exp)
-    sizes = folder_sizes(trainings)
+    sizes = folder_sizes(trainings)  # listed once: the plan and the sizes reported
+    kept, freed, unfinished = _plan(exp, keep, set(sizes))
     for trial_id in freed:
         remove_dir(trainings, trial_id)
     return Retention(
@@ -167,15 +168,15 @@ def apply_keep(exp: str, keep: str, *, trials: pd.DataFrame | None = None) -> Re
     )
 
 
-def after_search(exp: str, keep: str, *, trials: pd.DataFrame | None = None) -> str:
+def after_search(exp: str, keep: str) -> str:
     """What the search driver calls when a search or its resume has finished: apply
     ``keep`` (the metadata's; ``all`` for an experiment from before ``--keep``, see
     :class:`lossearch.experiment.SearchMeta`) and return the one line to print. A failure to
     read or delete is that line, never an exception: the search itself has finished and its
-    results are safe. ``trials`` as for :func:`plan_keep`.
+    results are safe.
     """
     try:
-        return apply_keep(exp, keep, trials=trials).line()
+        return apply_keep(exp, keep).line()
     except (OSError, LossearchError) as err:
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
         return f"checkpoints: not cleaned up (--keep {keep}): {first}"
