@@ -4,23 +4,47 @@ Flow: :func:`load_trials` / :func:`load_history` read Ray Tune experiment direct
 :func:`rank_losses`, :func:`parameter_importance` and :func:`rank_agreement` answer one
 question each; :mod:`analysis.plots` draws; :func:`run_analysis` writes everything for
 ``lossearch analyze``.
+
+SciPy and matplotlib (~1.5 s of imports) load only with the names that need them:
+:func:`rank_agreement`, the ``plot_*`` functions and :mod:`analysis.report`'s names are
+imported on first access (PEP 562), so a reader of the frames (the search driver) does not
+pay for them.
 """
 
-from analysis.agreement import rank_agreement
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
 from analysis.confirmed import load_confirmed, read_correctness
 from analysis.expected_max import expected_max, expected_max_curve
 from analysis.importance import parameter_importance
 from analysis.load import PartialExperimentWarning, load_history, load_trials, metric_mode
-from analysis.plots import (
-    plot_expected_max,
-    plot_family_bars,
-    plot_learning_curves,
-    plot_metric_vs_lr,
-    plot_optimization_history,
-)
 from analysis.rank import best_configurations, configurations, rank_losses
-from analysis.report import Analysis, markdown_table, run_analysis
 from analysis.verdict import format_delta, verdict, write_verdict
+
+_LAZY = {
+    "rank_agreement": "agreement",
+    "plot_expected_max": "plots",
+    "plot_family_bars": "plots",
+    "plot_learning_curves": "plots",
+    "plot_metric_vs_lr": "plots",
+    "plot_optimization_history": "plots",
+    "Analysis": "report",
+    "markdown_table": "report",
+    "run_analysis": "report",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(f"analysis.{_LAZY[name]}"), name)
+    raise AttributeError(f"module 'analysis' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_LAZY])
+
 
 __all__ = [
     "Analysis",

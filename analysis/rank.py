@@ -13,7 +13,6 @@ from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from analysis.load import STATUSES
 from lossearch.errors import LossearchError
@@ -241,6 +240,8 @@ def welch_interval(
     if se2 == 0:
         return diff, diff
     dof = se2**2 / (va**2 / (len(a_) - 1) + vb**2 / (len(b_) - 1))
+    from scipy import stats  # here: SciPy takes ~1 s to import, and most rankings need none
+
     half = float(stats.t.ppf(0.5 + confidence / 2, dof)) * math.sqrt(se2)
     return diff - half, diff + half
 
@@ -248,6 +249,8 @@ def welch_interval(
 def _welch(a: Sequence[float], b: Sequence[float], alternative: str) -> float:
     if len(a) < 2 or len(b) < 2:
         return math.nan
+    from scipy import stats
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # zero variance: p is NaN
         result = stats.ttest_ind(a, b, equal_var=False, alternative=alternative)

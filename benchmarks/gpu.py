@@ -159,7 +159,7 @@ def save_random_model(root: Path, sizes: Sizes, device: Any) -> int:
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    from lossearch.models import (
+    from lossearch.tiny import (
         BOS_TOKEN,
         EOS_TOKEN,
         PAD_TOKEN,
@@ -222,8 +222,8 @@ def fit_config(model_dir: Path, sizes: Sizes, precision: str, gpu: bool) -> Any:
 
 def mean_tokens_per_step(cfg: Any) -> float:
     """Tokens in an average training batch of ``cfg`` (the tiny tokenizer, one per char)."""
-    from lossearch.models import build_tiny_tokenizer
     from lossearch.tasks import load_task, tokenize
+    from lossearch.tiny import build_tiny_tokenizer
 
     features, _ = tokenize(load_task(cfg.task).train, build_tiny_tokenizer(), cfg.task.max_length)
     return statistics.mean(len(f["input_ids"]) for f in features) * cfg.optim.batch_size

@@ -172,8 +172,8 @@ def tiny_batches(n: int, batch_size: int = 32) -> list[dict[str, torch.Tensor]]:
     draws them (seed 0, epoch 1)."""
     from lossearch.config import TaskConfig
     from lossearch.fit import epoch_batches
-    from lossearch.models import build_tiny_tokenizer
     from lossearch.tasks import collate, load_task, tokenize
+    from lossearch.tiny import build_tiny_tokenizer
 
     cfg = TaskConfig()
     data = load_task(cfg)

@@ -38,8 +38,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-from tokenizers import Regex, Tokenizer, decoders, pre_tokenizers, processors
-from tokenizers.models import WordLevel
 from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
@@ -48,32 +46,26 @@ from transformers import (
     LlamaForCausalLM,
     PreTrainedModel,
     PreTrainedTokenizerBase,
-    PreTrainedTokenizerFast,
 )
 from transformers.pytorch_utils import Conv1D
 
 from lossearch.config import LoraConfig as LoraSpec
 from lossearch.config import ModelConfig, looks_like_path
 from lossearch.errors import LossearchError
+from lossearch.tiny import (
+    BOS_TOKEN,
+    EOS_TOKEN,
+    PAD_TOKEN,
+    SPECIAL_TOKENS,
+    TINY,
+    TINY_MAX_LENGTH,
+    TINY_VOCAB_SIZE,
+    build_tiny_tokenizer,
+    refuse_tiny_lora,
+)
 
 if TYPE_CHECKING:
     import peft
-
-TINY = "tiny"
-
-# --- the tiny tokenizer: fixed, data-independent vocabulary --------------------------------
-
-PAD_TOKEN, BOS_TOKEN, EOS_TOKEN, UNK_TOKEN = "<pad>", "<s>", "</s>", "<unk>"
-SPECIAL_TOKENS: tuple[str, ...] = (PAD_TOKEN, BOS_TOKEN, EOS_TOKEN, UNK_TOKEN)
-"""Special tokens, ids 0..3 in this order."""
-
-TINY_CHARS: tuple[str, ...] = ("\n",) + tuple(chr(c) for c in range(32, 127))
-"""Newline plus printable ASCII (space .. ``~``), ids 4..99 in this order."""
-
-TINY_VOCAB_SIZE = len(SPECIAL_TOKENS) + len(TINY_CHARS)  # 100
-
-TINY_MAX_LENGTH = 256
-"""Longest sequence the tiny model takes (its ``max_position_embeddings``)."""
 
 # --- LoRA target modules per model family (``model.config.model_type``) --------------------
 
@@ -112,44 +104,6 @@ _DTYPES: dict[str, torch.dtype | str] = {
 
 
 # --- tiny model ----------------------------------------------------------------------------
-
-
-def build_tiny_tokenizer() -> PreTrainedTokenizerFast:
-    """Build the character-level tokenizer of the ``tiny`` model.
-
-    One token per character over :data:`TINY_CHARS`; any other character becomes ``<unk>``.
-    Special tokens ``<pad>``=0, ``<s>``=1, ``</s>``=2, ``<unk>``=3. Like Llama's tokenizer, a
-    call with ``add_special_tokens=True`` (the default) prepends ``<s>`` and appends nothing;
-    ``eos`` is the caller's to add.
-
-    Decoding is exact: ``decode(encode(text), skip_special_tokens=True) == text`` for any text
-    over :data:`TINY_CHARS` (characters are joined with nothing between them, no clean-up of
-    spaces). The literal strings ``<s>`` etc. in input text are read as the special tokens.
-
-    ``save_pretrained`` / ``AutoTokenizer.from_pretrained`` round-trip it; ``padding_side``
-    is ``"right"``, ``model_max_length`` is :data:`TINY_MAX_LENGTH`.
-    """
-    vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS + TINY_CHARS)}
-    backend = Tokenizer(WordLevel(vocab, unk_token=UNK_TOKEN))
-    backend.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
-    backend.decoder = decoders.Fuse()
-    bos_id = vocab[BOS_TOKEN]
-    backend.post_processor = processors.TemplateProcessing(
-        single=f"{BOS_TOKEN} $A",
-        pair=f"{BOS_TOKEN} $A {BOS_TOKEN} $B",
-        special_tokens=[(BOS_TOKEN, bos_id)],
-    )
-    backend.add_special_tokens(list(SPECIAL_TOKENS))
-    return PreTrainedTokenizerFast(
-        tokenizer_object=backend,
-        pad_token=PAD_TOKEN,
-        bos_token=BOS_TOKEN,
-        eos_token=EOS_TOKEN,
-        unk_token=UNK_TOKEN,
-        padding_side="right",
-        clean_up_tokenization_spaces=False,
-        model_max_length=TINY_MAX_LENGTH,
-    )
 
 
 def llama_config_for_size(
@@ -252,11 +206,7 @@ def load_model_and_tokenizer(
             ``"paper"``, or explicit targets not found in the model.
     """
     if cfg.name_or_path == TINY:
-        if cfg.lora is not None:
-            raise LossearchError(
-                "model.lora is not supported with the 'tiny' model: its weights are random, so "
-                "it is trained fully; remove model.lora or use a pretrained model"
-            )
+        refuse_tiny_lora(cfg)
         model: PreTrainedModel = build_tiny_model(seed)
         dtype = _DTYPES[cfg.dtype]
         if isinstance(dtype, torch.dtype):

@@ -19,6 +19,7 @@ from typing import Any
 from lossearch.config import ModelConfig, TrainConfig
 from lossearch.config import looks_like_path as _looks_like_path
 from lossearch.errors import LossearchError
+from lossearch.tiny import TINY, build_tiny_tokenizer, refuse_tiny_lora
 
 
 def _check_model_path(name: str) -> None:
@@ -32,11 +33,10 @@ def _check_model_path(name: str) -> None:
 
 
 def _tokenizer(cfg: ModelConfig) -> Any:
-    """The model's tokenizer, without loading its weights (except ``tiny``'s, which is free)."""
-    from lossearch.models import TINY, load_model_and_tokenizer
-
+    """The model's tokenizer, without loading its weights (nor, for ``tiny``, torch)."""
     if cfg.name_or_path == TINY:
-        return load_model_and_tokenizer(cfg)[1]  # also refuses tiny + LoRA
+        refuse_tiny_lora(cfg)
+        return build_tiny_tokenizer()
     from transformers import AutoConfig, AutoTokenizer
 
     name = cfg.name_or_path

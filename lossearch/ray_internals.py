@@ -157,6 +157,32 @@ def tbx_callback_into(folder_of: Callable[[Any], str]) -> Any:
     return TensorBoardCallback()
 
 
+def no_tune_tensorboard() -> Any:
+    """A callback that keeps Ray Tune from writing its default TensorBoard files.
+
+    Unless its callbacks hold a ``TBXLoggerCallback``, Tune adds one whenever tensorboardX is
+    installed: event files in every trial folder, and torch imported in the driver (~2 s)
+    to write them. An instance of this do-nothing subclass counts as that logger (Tune checks
+    with ``isinstance``), so it adds none; it imports no tensorboardX and writes nothing.
+    """
+    from ray.tune.logger import TBXLoggerCallback
+
+    class NoTensorBoard(TBXLoggerCallback):
+        def __init__(self) -> None:  # not TBXLoggerCallback's: it imports tensorboardX
+            pass
+
+        def log_trial_start(self, trial: Any) -> None:
+            pass
+
+        def log_trial_result(self, iteration: int, trial: Any, result: dict) -> None:
+            pass
+
+        def log_trial_end(self, trial: Any, failed: bool = False) -> None:
+            pass
+
+    return NoTensorBoard()
+
+
 def optuna_study(searcher: Any) -> Any:
     """The in-memory ``optuna.Study`` a Ray Tune ``OptunaSearch`` asks and tells."""
     return searcher._ot_study

@@ -86,14 +86,17 @@ def _trial_name(trial: Any) -> str:
 
 def tune_callbacks(log_to: tuple[str, ...], exp: str, *, stage: str) -> list[Any]:
     """Ray Tune logger callbacks for ``log_to``, writing under ``exp/tracking`` (``stage``:
-    ``search`` or ``confirm``, an MLflow tag and the W&B group)."""
-    if not log_to:
-        return []
+    ``search`` or ``confirm``, an MLflow tag and the W&B group). Without ``tensorboard``,
+    one that keeps Tune from writing its default TensorBoard files into the trial folders."""
+    from lossearch.ray_internals import no_tune_tensorboard
+
     root = Path(exp) / TRACKING_DIR
     name = Path(str(exp).split("?", 1)[0].rstrip("/")).name
     out: list[Any] = []
     if "tensorboard" in log_to:
         out.append(_tensorboard_callback(root / "tensorboard"))
+    else:
+        out.append(no_tune_tensorboard())
     if "mlflow" in log_to:
         from ray.air.integrations.mlflow import MLflowLoggerCallback
 

@@ -87,12 +87,8 @@ def test_full_model_export_reproduces_the_trial(small_search: Path, tmp_path: Pa
 def _lora_copy(small_search: Path, tmp_path: Path):
     """A copy of the experiment whose base is a local model trained with LoRA; the winner's
     final checkpoint holds an adapter whose weights change the predictions."""
-    from lossearch.models import (
-        build_tiny_model,
-        build_tiny_tokenizer,
-        load_model_and_tokenizer,
-        save_model,
-    )
+    from lossearch.models import build_tiny_model, load_model_and_tokenizer, save_model
+    from lossearch.tiny import build_tiny_tokenizer
 
     base = tmp_path / "base"
     build_tiny_model(7).save_pretrained(base)

@@ -196,7 +196,8 @@ def test_score_bad_input():
 def tiny():
     import torch
 
-    from lossearch.models import build_tiny_model, build_tiny_tokenizer
+    from lossearch.models import build_tiny_model
+    from lossearch.tiny import build_tiny_tokenizer
 
     torch.set_num_threads(1)
     # a larger init than the default makes a random model's greedy text varied
@@ -230,7 +231,8 @@ def memorised():
     """
     import torch
 
-    from lossearch.models import build_tiny_model, build_tiny_tokenizer
+    from lossearch.models import build_tiny_model
+    from lossearch.tiny import build_tiny_tokenizer
 
     torch.set_num_threads(1)
     tok = build_tiny_tokenizer()

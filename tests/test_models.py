@@ -31,9 +31,7 @@ from transformers import (
 from lossearch.config import LoraConfig, ModelConfig
 from lossearch.errors import LossearchError
 from lossearch.models import (
-    TINY_VOCAB_SIZE,
     build_tiny_model,
-    build_tiny_tokenizer,
     count_parameters,
     llama_config_for_size,
     load_checkpoint,
@@ -44,6 +42,7 @@ from lossearch.models import (
     save_model,
     unwrap,
 )
+from lossearch.tiny import TINY_VOCAB_SIZE, build_tiny_tokenizer
 
 # peft 0.21 still reads the deprecated transformers property internally
 pytestmark = pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated")

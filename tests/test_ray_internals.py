@@ -101,6 +101,31 @@ def test_tune_tbx_logger_still_builds_writers_through_its_class_attribute(tmp_pa
     assert (tmp_path / "t").is_dir() and not any((tmp_path / "trial").iterdir())
 
 
+def test_tune_adds_no_tensorboard_logger_beside_the_do_nothing_one(tmp_path):
+    """Tune adds its TBX logger unless one is given (an isinstance check); ours writes
+    nothing and imports no tensorboardX."""
+    import subprocess
+    import sys
+
+    from ray.tune.logger import TBXLoggerCallback
+    from ray.tune.utils.callback import _create_default_callbacks
+
+    quiet = ray_internals.no_tune_tensorboard()
+    assert [c for c in _create_default_callbacks([quiet], air_verbosity=None)
+            if isinstance(c, TBXLoggerCallback)] == [quiet]
+    assert any(isinstance(c, TBXLoggerCallback)
+               for c in _create_default_callbacks([], air_verbosity=None))
+    trial = _Trial(tmp_path)
+    quiet.log_trial_start(trial)
+    quiet.log_trial_result(1, trial, {"m": 1.0})
+    quiet.log_trial_end(trial)
+    assert not any((tmp_path / "trial").iterdir())
+    code = ("import sys; from lossearch.ray_internals import no_tune_tensorboard; "
+            "no_tune_tensorboard(); print('tensorboardX' in sys.modules, 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False"]
+
+
 class _Trial:
     """What TBXLoggerCallback.log_trial_start reads of a Tune trial."""
 

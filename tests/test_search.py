@@ -29,6 +29,9 @@ def test_search_runs_every_trial_once(small_search):
     assert df["trial_id"].nunique() == 5 and len(df) == 5
     assert sorted(df["loss"]) == ["ce", "ce", "focal", "poly1", "tversky"]
     assert (small_search / "lossearch_search.yaml").is_file()
+    # no --log-to tensorboard, so no event files (Ray Tune writes them by default)
+    assert len(list(small_search.glob("run_trial_*/result.json"))) == 5
+    assert not list(small_search.rglob("events.out.tfevents*"))
 
 
 def test_conditional_parameters_only_where_they_apply(small_search):

@@ -449,7 +449,7 @@ def test_arith_train_size_cap_and_impossible_request():
 
 
 def test_arith_fits_default_max_length():
-    from lossearch.models import build_tiny_tokenizer
+    from lossearch.tiny import build_tiny_tokenizer
 
     tok = build_tiny_tokenizer()
     for steps, max_operand in [(1, 20), (2, 9)]:
@@ -496,7 +496,7 @@ EXAMPLES = [
 @pytest.mark.parametrize("kind", ["tiny", "bpe_bos", "bpe_no_bos"])
 def test_answer_mask_marks_target_and_eos_exactly(kind):
     if kind == "tiny":
-        from lossearch.models import build_tiny_tokenizer
+        from lossearch.tiny import build_tiny_tokenizer
 
         tok = build_tiny_tokenizer()
     else:
@@ -517,7 +517,7 @@ def test_answer_mask_marks_target_and_eos_exactly(kind):
 
 
 def test_truncation_accounting():
-    from lossearch.models import build_tiny_tokenizer
+    from lossearch.tiny import build_tiny_tokenizer
 
     tok = build_tiny_tokenizer()
     examples = [
@@ -539,7 +539,7 @@ def test_truncation_accounting():
 def test_collate_pads_and_masks():
     import torch
 
-    from lossearch.models import build_tiny_tokenizer
+    from lossearch.tiny import build_tiny_tokenizer
 
     tok = build_tiny_tokenizer()
     features, _ = tokenize(EXAMPLES, tok, 256)

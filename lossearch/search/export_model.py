@@ -33,6 +33,7 @@ import yaml
 
 from lossearch.errors import LossearchError
 from lossearch.experiment import confirm_path, read_meta, trainings_path
+from lossearch.tiny import TINY
 
 MARKER = "lossearch.yaml"
 """The file every model export holds; a directory with it is an earlier export."""
@@ -195,7 +196,7 @@ def export_model(
         "dtype": cfg.model.dtype,
         "load": _load_hint(weights, base),
     }
-    if base == "tiny":
+    if base == TINY:
         info["base_model_rebuild"] = f"lossearch.models.build_tiny_model(seed={seed})"
     record = {
         "export": info,

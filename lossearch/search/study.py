@@ -352,6 +352,8 @@ def warm_start(
     Raises a one-line :class:`LossearchError` for a path that is not an experiment, a
     different space, metric or mode, or a trial that ``sp`` cannot replay.
     """
+    if not experiments:
+        return []
     import warnings
 
     from analysis.load import PartialExperimentWarning, load_trials
