@@ -123,10 +123,12 @@ def _fixed_length_jsonl(path, n: int) -> None:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
-@pytest.mark.parametrize("accum", [1, 2], ids=["no-accum", "accum2"])
-def test_two_workers_match_one_worker_first_step_gradient(ray_local, tmp_path, accum):
-    """Same global batch per optimizer step; with ``grad_accum`` 2 the DDP run all-reduces
-    only each group's last micro-batch (no_sync; counted in test_train_steps.py)."""
+def test_two_workers_match_one_worker_first_step_gradient(ray_local, tmp_path):
+    """Same global batch per optimizer step, accumulated over 2 micro-batches: the 2-worker
+    DDP run (all-reducing only each group's last micro-batch, no_sync) gives 1 worker's
+    gradient. (Without accumulation, DDP all-reduces every micro-batch: counted, with the
+    no_sync case, in test_train_steps.py; one Ray run here covers the averaging for both.)"""
+    accum = 2
     data = tmp_path / "sums.jsonl"
     _fixed_length_jsonl(data, 32)
     base = {

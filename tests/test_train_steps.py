@@ -84,12 +84,14 @@ def gloo_group():
     dist.destroy_process_group()
 
 
-def test_ddp_all_reduces_once_per_accumulation_group(gloo_group: None) -> None:
-    """Under DDP the micro-batches before a group's last one run in ``no_sync`` (issue 14.2)."""
+@pytest.mark.parametrize("accum", [1, 3])
+def test_ddp_all_reduces_once_per_accumulation_group(gloo_group: None, accum: int) -> None:
+    """Under DDP the micro-batches before a group's last one run in ``no_sync`` (issue 14.2);
+    without accumulation every micro-batch is a group's last, so every one all-reduces."""
     from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
     from torch.nn.parallel import DistributedDataParallel
 
-    cfg = load_config(overrides={**SMALL, "optim.batch_size": 16, "optim.grad_accum": 3})
+    cfg = load_config(overrides={**SMALL, "optim.batch_size": 16, "optim.grad_accum": accum})
     rep, features, loss_fn, steps_per_epoch, total = _setup(cfg, wrap=DistributedDataParallel)
     synced: list[int] = []
 
@@ -100,7 +102,7 @@ def test_ddp_all_reduces_once_per_accumulation_group(gloo_group: None) -> None:
 
     rep.model.register_comm_hook(None, counting_hook)
     train_epoch(rep, features, loss_fn, cfg, 1, CPU, 0, 1, total)
-    assert steps_per_epoch == 4  # 12 micro-batches
+    assert steps_per_epoch == 12 // accum  # 12 micro-batches
     assert len(synced) == steps_per_epoch
     assert _optimizer_steps(rep) == steps_per_epoch
 
