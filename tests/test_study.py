@@ -159,3 +159,36 @@ def test_bad_input(cli_dir: Path, bad_input_runs: list, case: int) -> None:
     assert out.returncode == 2, out.stderr[-2000:]
     assert len(lines) == 1 and expect in lines[0], lines
     assert not (cli_dir / "exps" / "x").exists()
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def test_resume_of_state_saved_by_other_code_is_one_line_and_changes_nothing(
+    small_search: Path, tmp_path: Path
+) -> None:
+    """State pickled by another lossearch (here: a module name that no longer exists, as
+    after a rename) fails before Ray starts, in one line; Tune would have raised a
+    traceback (tuner.pkl) or started a new run inside the experiment (searcher state)."""
+    import shutil
+
+    from tests.procs import error_line
+
+    cases = {"tuner.pkl": b"lossearch.search.space_compile",
+             "searcher-state-*.pkl": b"lossearch.search.study"}
+    commands, changed = [], {}
+    for i, (pattern, module) in enumerate(cases.items()):
+        exp = Path(shutil.copytree(small_search, tmp_path / f"exp{i}"))
+        pkl = max(exp.glob(pattern))  # of several searcher states, Tune reads the newest
+        data = pkl.read_bytes()
+        assert module in data
+        pkl.write_bytes(data.replace(module, module[:-1] + b"X"))  # same length
+        changed[exp] = (pkl.name, _files(exp))
+        commands.append(["resume", exp])
+    for (exp, (name, before)), done in zip(changed.items(), run_clis(commands, cwd=tmp_path),
+                                           strict=True):
+        line = error_line(done)
+        assert f"cannot resume {exp}: its saved search state ({name})" in line, line
+        assert "ModuleNotFoundError" in line and f"--warm-start {exp}" in line
+        assert _files(exp) == before

@@ -348,7 +348,9 @@ def resume(
         _apply_keep(exp_path, meta["keep"], announce)
         return exp_path
     from lossearch.search.progress import resume_view
+    from lossearch.search.saved_state import check_resumable
 
+    check_resumable(exp_path)
     resume_view(verbose)
     _fit(
         exp_path,
