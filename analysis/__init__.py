@@ -13,15 +13,13 @@ pay for them.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
 from analysis.confirmed import load_confirmed, read_correctness
 from analysis.expected_max import expected_max, expected_max_curve
 from analysis.importance import parameter_importance
 from analysis.load import PartialExperimentWarning, load_history, load_trials, metric_mode
 from analysis.rank import best_configurations, configurations, rank_losses
 from analysis.verdict import format_delta, verdict, write_verdict
+from lossearch.lazy import lazy_exports
 
 _LAZY = {
     "rank_agreement": "agreement",
@@ -35,15 +33,7 @@ _LAZY = {
     "run_analysis": "report",
 }
 
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(f"analysis.{_LAZY[name]}"), name)
-    raise AttributeError(f"module 'analysis' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_LAZY])
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY, globals())
 
 
 __all__ = [

@@ -15,9 +15,7 @@ its pydantic model ``LOSSES[name].params`` (:mod:`lossearch.losses.params`).
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
+from lossearch.lazy import lazy_exports
 from lossearch.losses.params import LossParams
 from lossearch.losses.registry import (
     CE_SCOPES,
@@ -44,11 +42,7 @@ _LAZY = {
     "tversky_loss": "tversky",
 }
 
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(f"lossearch.losses.{_LAZY[name]}"), name)
-    raise AttributeError(f"module 'lossearch.losses' has no attribute {name!r}")
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY, globals())
 
 
 __all__ = [
@@ -72,7 +66,3 @@ __all__ = [
     "self_adjusting_dice_loss",
     "tversky_loss",
 ]
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_LAZY])
