@@ -89,6 +89,8 @@ CASES: list[tuple[str, list[str], str]] = [
         "no_test.jsonl",
     ),
     ("train-renamed-key", ["train", "task.eval_size=20"], "use task.val_size"),
+    # checked before Ray and before torch: the tiny tokenizer needs neither
+    ("train-tiny-with-lora", ["train", "model.lora.r=8", *SMALL], "not supported with the 'tiny'"),
     ("train-out-not-a-run", ["train", "--out", "not_an_experiment", *SMALL], "not a lossearch run"),
     ("train-out-is-a-file", ["train", "--out", "ok.jsonl", *SMALL], "--out is not a directory"),
     # ---- lossearch search (into exps/, where the pre-made experiment lives)
