@@ -92,7 +92,7 @@ def train(
     from lossearch.config import load_config
 
     cfg = load_config(config, overrides or [])  # a bad config is an error before torch loads
-    from lossearch.fit import summary_line
+    from lossearch.metrics import summary_line
     from lossearch.train import train as run_train
 
     metrics = run_train(cfg, out_dir=out, address=address, announce=typer.echo, log_to=trackers)

@@ -38,6 +38,7 @@ import torch
 
 from lossearch.config import TrainConfig
 from lossearch.errors import LossearchError
+from lossearch.metrics import summary_line
 
 Report = Callable[[dict[str, Any], "str | None"], None]
 """``report(metrics, checkpoint_dir)``: one call per epoch on every rank. ``checkpoint_dir``
@@ -372,6 +373,7 @@ def fit(
     device: torch.device | None = None,
     prepare_model: Callable[[Any], Any] | None = None,
     tags: Mapping[str, str] | None = None,
+    echo: bool = True,
 ) -> list[dict[str, Any]]:
     """Train ``cfg`` for each of ``seeds`` (default ``[cfg.seed]``); returns the history.
 
@@ -388,7 +390,9 @@ def fit(
     (a restarted trial must end with a result) and returns. ``rank``/``world``/``device``/
     ``prepare_model`` place this process in a data-parallel group (defaults: one process,
     :func:`default_device`, ``.to(device)``). Raises :class:`NonFiniteLoss` at the first
-    NaN or infinite loss.
+    NaN or infinite loss. ``echo`` prints each epoch's :func:`summary_line` on rank 0
+    (``[lossearch] epoch 2/3  loss ...``); search and confirm trials turn it off, their
+    driver prints the line with the trial's name (``lossearch.search.progress``).
     """
     from lossearch.checkpointing import read_state, restore_replica, write_checkpoint
     from lossearch.losses import build_loss
@@ -435,9 +439,9 @@ def fit(
         if rank != 0:
             report(metrics, None)
             continue
-        # sys.stdout, not print: Ray Train patches print to also log, which doubles it
-        sys.stdout.write(f"[lossearch] {summary_line(metrics, epochs)}\n")
-        sys.stdout.flush()
+        if echo:  # sys.stdout, not print: Ray Train patches print to also log (twice)
+            sys.stdout.write(f"[lossearch] {summary_line(metrics, epochs)}\n")
+            sys.stdout.flush()
         with tempfile.TemporaryDirectory() as tmp:
             write_checkpoint(tmp, epoch, history, replicas)
             for seed, rows in test_rows.items():
@@ -463,17 +467,3 @@ def fit_in_run(cfg: TrainConfig, run: str, report: Report, **fit_kwargs: Any) ->
 
     with latest_in_run(run) as resume_from:
         fit(cfg, save_then_report, resume_from=resume_from, **fit_kwargs)
-
-
-def summary_line(metrics: dict[str, Any], epochs: int | None = None) -> str:
-    """``epoch 3/4  loss 0.412  exact_match 0.455 ...`` (``epoch 3`` without ``epochs``)."""
-    keys = ["loss", "exact_match", "formula_iou", "test/exact_match", "tokens_per_s"]
-    parts = []
-    if "epoch" in metrics:
-        parts.append(f"epoch {metrics['epoch']}" + (f"/{epochs}" if epochs else ""))
-    for key in keys:
-        if key in metrics:
-            v = metrics[key]
-            parts.append(f"{key} {v:.4g}" if isinstance(v, float) and math.isfinite(v) else
-                         f"{key} {v}")
-    return "  ".join(parts)

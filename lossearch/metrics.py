@@ -474,3 +474,17 @@ def generate(
     finally:
         model.train(was_training)
     return outputs
+
+
+def summary_line(metrics: dict[str, Any], epochs: int | None = None) -> str:
+    """``epoch 3/4  loss 0.412  exact_match 0.455 ...`` (``epoch 3`` without ``epochs``)."""
+    keys = ["loss", "exact_match", "formula_iou", "test/exact_match", "tokens_per_s"]
+    parts = []
+    if "epoch" in metrics:
+        parts.append(f"epoch {metrics['epoch']}" + (f"/{epochs}" if epochs else ""))
+    for key in keys:
+        if key in metrics:
+            v = metrics[key]
+            parts.append(f"{key} {v:.4g}" if isinstance(v, float) and math.isfinite(v) else
+                         f"{key} {v}")
+    return "  ".join(parts)

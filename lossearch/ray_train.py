@@ -23,7 +23,8 @@ from lossearch.interrupt import STOP_SIGNALS, catching_stop_signals, on_stop_sig
 def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
     """Ray Train per-worker function: :func:`lossearch.fit.fit` with Ray's placement.
 
-    ``loop_config = {"config": <TrainConfig dict>, "seeds": [...], "test": bool}``. A loss
+    ``loop_config = {"config": <TrainConfig dict>, "seeds": [...], "test": bool, "echo":
+    bool}`` (``echo``: :func:`lossearch.fit.fit`'s per-epoch line, default on). A loss
     that becomes NaN or infinite is returned, not raised (``{"diverged": 1.0, "error": ...}``,
     read by :func:`diverged_error`): a raised error would make Ray Train restart the worker,
     and a result without the search metric would stop the whole Tune run (strict metric
@@ -65,6 +66,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
                 device=ray.train.torch.get_device(),
                 prepare_model=ray.train.torch.prepare_model,
                 tags=tags,
+                echo=bool(loop_config.get("echo", True)),
             )
     except NonFiniteLoss as err:
         return {"diverged": 1.0, "error": str(err)}
@@ -80,13 +82,15 @@ def build_trainer(
     callbacks: list[Any] | None = None,
     max_failures: int = 0,
     test: bool = False,
+    echo: bool = True,
 ) -> Any:
     """A ``TorchTrainer`` running :func:`train_loop_per_worker` for ``cfg``.
 
     ``test`` scores the test split after the last epoch (``lossearch train``, the confirm
-    stage). The run lives at ``storage_path/name``; building the trainer again with the same
-    pair resumes from its latest checkpoint (Train V2 keeps a checkpoint-manager snapshot
-    there). Two checkpoints are kept.
+    stage); ``echo`` prints each epoch's line from rank 0 (off in search and confirm
+    trials, whose driver prints it). The run lives at ``storage_path/name``; building the
+    trainer again with the same pair resumes from its latest checkpoint (Train V2 keeps a
+    checkpoint-manager snapshot there). Two checkpoints are kept.
     """
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
 
@@ -99,7 +103,9 @@ def build_trainer(
         resources["GPU"] = sc.gpus_per_worker
     return trainer_class()(
         train_loop_per_worker,
-        train_loop_config={"config": cfg.to_dict(), "seeds": seeds or [cfg.seed], "test": test},
+        train_loop_config={
+            "config": cfg.to_dict(), "seeds": seeds or [cfg.seed], "test": test, "echo": echo
+        },
         scaling_config=ScalingConfig(
             num_workers=sc.num_workers, use_gpu=sc.use_gpu, resources_per_worker=resources
         ),

@@ -105,6 +105,15 @@ def test_search_prints_one_line_per_trial_and_no_result_boxes(tracked_search):
     assert all(LINE.match(ln) for ln in lines), lines
     assert sorted(int(LINE.match(ln).group(1)) for ln in lines) == [1, 2]
     assert {LINE.match(ln).group(2) for ln in lines} == {"ce lr=5e-3", "focal w_ce=0.6 γ=2 lr=3e-3"}
+    # each epoch's line comes from the driver, named by its trial, before the trial's end
+    # line (printed by the trial process it could arrive late, after the final tables)
+    out = done.stdout.splitlines()
+    for name in ("ce lr=5e-3", "focal w_ce=0.6 γ=2 lr=3e-3"):
+        first = f"[lossearch] {name}  epoch 1/1  loss "
+        epoch = [i for i, ln in enumerate(out) if ln.startswith(first)]
+        end = [i for i, ln in enumerate(out) if ln.startswith("trial ") and f" {name} → " in ln]
+        assert len(epoch) == 1 and len(end) == 1 and epoch[0] < end[0], done.stdout
+    assert not [ln for ln in out if ln.startswith("[lossearch] epoch")], done.stdout
     assert "╭" not in done.stdout and "finished iteration" not in done.stdout
     assert "ignoring passed-in ProgressReporter" not in done.stdout + done.stderr
     # Ray's status table, with lossearch's columns

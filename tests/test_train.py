@@ -172,7 +172,7 @@ def test_cli_bad_config_exits_2_naming_the_key(args, needle, tmp_path):
 
 
 def test_summary_line_counts_epochs_and_skips_missing_metrics():
-    from lossearch.fit import summary_line
+    from lossearch.metrics import summary_line
 
     m = {"epoch": 2, "loss": 0.41234, "exact_match": 0.5, "tokens_per_s": float("nan")}
     assert summary_line(m, 4) == "epoch 2/4  loss 0.4123  exact_match 0.5  tokens_per_s nan"

@@ -30,6 +30,7 @@ from typing import Any
 
 from ray import tune
 
+from lossearch.metrics import summary_line
 from lossearch.search.trial_config import CE_WEIGHT_KEY, FAMILY_KEY
 
 NEW_OUTPUT = "RAY_AIR_NEW_OUTPUT"
@@ -137,20 +138,28 @@ class TrialLines(tune.Callback):
         self.descriptions, self.unit = dict(descriptions or {}), unit
         self.defaults = dict(defaults or {})
 
+    def on_trial_result(
+        self, iteration: int, trials: list, trial: Any, result: dict, **info: Any
+    ) -> None:
+        print(f"[lossearch] {self.describe(trial)}  {summary_line(result, self.epochs)}",
+              flush=True)
+
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         print(self.line(trials, trial), flush=True)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         print(self.line(trials, trial, error=_error_line(trial)), flush=True)
 
+    def describe(self, trial: Any) -> str:
+        """``focal ce=0.6 gamma=2 lr=3e-3`` (a search trial), or a confirm run's description."""
+        config = trial.config or {}
+        return self.descriptions.get(config.get("run")) or describe({**self.defaults, **config})
+
     def line(self, trials: list, trial: Any, error: str | None = None) -> str:
         ended = 1 + sum(
             1 for t in trials if t is not trial and t.status in ("TERMINATED", "ERROR")
         )
-        config = trial.config or {}
-        what = self.descriptions.get(config.get("run")) or describe(
-            {**self.defaults, **config}
-        )
+        what = self.describe(trial)
         result = trial.last_result or {}
         if error is not None:
             outcome = f"error: {error}"

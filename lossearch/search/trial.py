@@ -109,7 +109,7 @@ def _fit_in_trial(cfg: TrainConfig, seeds: list[int], run: str, test: bool) -> N
 
     tags = {"node_id": ray.get_runtime_context().get_node_id()}
     try:
-        fit_in_run(cfg, run, report, seeds=seeds, test=test, tags=tags)
+        fit_in_run(cfg, run, report, seeds=seeds, test=test, tags=tags, echo=False)
     except NonFiniteLoss as err:
         storage.write_text(run, DIVERGED, str(err))
         raise TrialDiverged(str(err)) from None
@@ -131,6 +131,7 @@ def _fit_with_ray_train(
         callbacks=[TuneReportCallback()],
         max_failures=max_failures,
         test=test,
+        echo=False,
     )
     result = trainer.fit()
     if result.error is not None:
