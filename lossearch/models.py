@@ -6,8 +6,9 @@ into ``(model, tokenizer)``.
 ``tiny``
     A 2-layer Llama-style causal LM (hidden 128, ~0.54M parameters, tied input/output
     embeddings) with a character-level tokenizer over a fixed vocabulary (see
-    :func:`build_tiny_tokenizer`). Built locally, no download, deterministic in ``seed``.
-    Trained fully: LoRA on random weights adapts nothing useful, so ``lora`` is refused.
+    :func:`lossearch.tiny.build_tiny_tokenizer`). Built locally, no download, deterministic
+    in ``seed``. Trained fully: LoRA on random weights adapts nothing useful, so ``lora`` is
+    refused (:func:`lossearch.tiny.refuse_tiny_lora`).
 
 anything else
     A local directory or a Hugging Face hub id, loaded with ``AutoModelForCausalLM`` /
