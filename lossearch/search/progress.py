@@ -151,7 +151,7 @@ class TrialLines(tune.Callback):
         print(self.line(trials, trial, error=_error_line(trial)), flush=True)
 
     def describe(self, trial: Any) -> str:
-        """``focal ce=0.6 gamma=2 lr=3e-3`` (a search trial), or a confirm run's description."""
+        """``focal w_ce=0.6 γ=2 lr=3e-3`` (a search trial), or a confirm run's description."""
         config = trial.config or {}
         return self.descriptions.get(config.get("run")) or describe({**self.defaults, **config})
 
