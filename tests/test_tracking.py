@@ -114,6 +114,7 @@ def test_search_prints_one_line_per_trial_and_no_result_boxes(tracked_search):
         end = [i for i, ln in enumerate(out) if ln.startswith("trial ") and f" {name} → " in ln]
         assert len(epoch) == 1 and len(end) == 1 and epoch[0] < end[0], done.stdout
     assert not [ln for ln in out if ln.startswith("[lossearch] epoch")], done.stdout
+    assert "A new study created" not in done.stdout + done.stderr  # Optuna's INFO lines
     assert "╭" not in done.stdout and "finished iteration" not in done.stdout
     assert "ignoring passed-in ProgressReporter" not in done.stdout + done.stderr
     # Ray's status table, with lossearch's columns

@@ -283,8 +283,8 @@ def _build_tuner(
     )
     from lossearch.tracking import tune_callbacks
 
+    view = search_view(sp, meta, verbose)  # first: at verbose 1 it quiets Optuna's INFO lines
     searcher = _make_searcher(sp, meta, exp_path)
-    view = search_view(sp, meta, verbose)
     return tune.Tuner(
         trainable(meta, exp_path),
         tune_config=tune.TuneConfig(
