@@ -22,17 +22,17 @@ SEARCHER_FILES = ("searcher-state-", ".pkl")  # Tune's name: prefix, timestamp, 
 
 def _saved_pickles(exp_path: str) -> dict[str, bytes]:
     """``{name: bytes}`` of ``tuner.pkl`` and the newest searcher state (the one Tune
-    restores: the greatest name), those present; local path or URI."""
-    import pyarrow.fs as pafs
+    restores: the greatest name), those present; local path or URI (opened once, as
+    analysis opens an experiment)."""
+    from analysis.location import locate
 
-    fs, root = pafs.FileSystem.from_uri(exp_path)
-    names = [i.base_name for i in fs.get_file_info(pafs.FileSelector(root))]
+    loc = locate(exp_path)
+    names = [i.base_name for i in loc.listdir()]
     prefix, suffix = SEARCHER_FILES
     searcher = sorted(n for n in names if n.startswith(prefix) and n.endswith(suffix))
-    wanted = [n for n in (TUNER_FILE, *searcher[-1:]) if n in names]
     out = {}
-    for name in wanted:
-        with fs.open_input_stream(f"{root.rstrip('/')}/{name}") as f:
+    for name in [n for n in (TUNER_FILE, *searcher[-1:]) if n in names]:
+        with loc.fs.open_input_stream(loc.join(name)) as f:
             out[name] = f.read()
     return out
 
