@@ -192,6 +192,27 @@ def test_confirmed_winner_exports_the_first_confirm_seed(
     assert record["config"] == yaml.safe_load(best.read_text())
 
 
+@pytest.mark.parametrize("trial_id", ["01234567", "8e123456"])
+def test_confirmed_winner_keeps_a_numeric_looking_trial_id(tmp_path: Path, trial_id: str) -> None:
+    """Tune's trial ids are hex: read from verdict.csv, ``01234567`` must not become the
+    number 1234567 nor ``8e123456`` the float ``inf`` (a flaky failure seen in the suite)."""
+    import pandas as pd
+
+    from lossearch.search.export import confirmed_winner
+
+    run = tmp_path / "confirm" / "runs" / f"focal-{trial_id}"
+    run.mkdir(parents=True)
+    (run / "result.json").write_text(json.dumps({"config": {}, "seeds": [3]}))
+    pd.DataFrame([{"loss": "focal", "config_id": trial_id, "split": "test", "mean": 0.5,
+                   "ci_low": 0.4, "ci_high": 0.6, "n_seeds": 1, "n_questions": 9}]).to_csv(
+        tmp_path / "confirm" / "verdict.csv", index=False)
+
+    entry = confirmed_winner(str(tmp_path), "max")
+
+    assert (entry["trial_id"], entry["run_id"]) == (trial_id, f"focal-{trial_id}")
+    assert entry["config"].seed == 3
+
+
 def test_bad_input_is_one_line_and_writes_nothing(small_search: Path, tmp_path: Path) -> None:
     from lossearch.search.export_model import export_model
 

@@ -130,7 +130,9 @@ def confirmed_winner(exp: str, mode: str | None = None) -> dict[str, Any] | None
     if "://" in exp or not verdict_path.is_file():
         return None
     mode = mode or read_meta(exp)["mode"]
-    table = pd.read_csv(verdict_path).sort_values("mean", ascending=(mode == "min"))
+    # Tune's trial ids are 8 hex digits: "01234567" or "8e123456" must stay text, not numbers
+    table = pd.read_csv(verdict_path, dtype={"config_id": str})
+    table = table.sort_values("mean", ascending=(mode == "min"))
     if table.empty:
         return None
     top = table.iloc[0]
