@@ -14,8 +14,9 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from analysis.rank import RankingWarning, check_mode, metric_column, ranked_rows
+from analysis.rank import RankingWarning, metric_column, ranked_rows
 from lossearch.errors import LossearchError
+from lossearch.experiment import check_mode
 
 GROUP = ("task", "model", "loss")
 CURVE_COLUMNS = ["k", "expected_max", "n_trials"]

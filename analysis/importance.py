@@ -8,8 +8,9 @@ from typing import Any
 
 import pandas as pd
 
-from analysis.rank import check_mode, counted_rows, metric_column
+from analysis.rank import counted_rows, metric_column
 from lossearch.errors import LossearchError
+from lossearch.experiment import check_mode
 
 IMPORTANCE_COLUMNS = ["param", "importance"]
 EVALUATORS = ("ped-anova", "fanova", "mdi")

@@ -16,6 +16,7 @@ import pandas as pd
 
 from analysis.load import STATUSES
 from lossearch.errors import LossearchError
+from lossearch.experiment import check_mode
 
 #: Statuses whose rows count in diagnostics (importance, per-trial plots): pruned trials are
 #: real (if short) training runs; errored and still-running trials are left out.
@@ -57,12 +58,6 @@ def metric_column(df: pd.DataFrame, metric: str) -> str:
             f"unknown metric '{metric}'; the trials report: {', '.join(known) or 'nothing'}"
         )
     return column
-
-
-def check_mode(mode: str) -> str:
-    if mode not in ("max", "min"):
-        raise LossearchError(f"mode must be 'max' or 'min', got '{mode}'")
-    return mode
 
 
 def _statuses(df: pd.DataFrame) -> pd.Series:

@@ -267,6 +267,9 @@ def run_analysis(
     if not paths:
         raise LossearchError("no experiment given")
     paths = list(paths)
+    from lossearch.storage import check_local_target
+
+    given_out = None if out is None else check_local_target(out, "--out", kind="dir")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         experiments = read_experiments(paths)  # each experiment's files read once
@@ -278,7 +281,7 @@ def run_analysis(
     metric, mode = _resolve_metric(experiments[0].settings, metric, mode)
     if not trials.empty:
         metric_column(trials, metric)  # an unknown metric is a user error
-    out_dir = Path(out).expanduser().resolve() if out is not None else default_out_dir(paths[0])
+    out_dir = given_out if given_out is not None else default_out_dir(paths[0])
     out_dir.mkdir(parents=True, exist_ok=True)
 
     result = Analysis(

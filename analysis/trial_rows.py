@@ -19,7 +19,7 @@ import numpy as np
 
 from analysis.records import dotted_get, is_number
 from analysis.tune_files import TuneResult, TuneTrial, first_error_line
-from lossearch.errors import LossearchError
+from lossearch.experiment import check_mode
 
 #: Config keys that are not searched parameters (they have their own columns).
 NOT_PARAMS = frozenset({"seeds", "seed", "loss.family"})
@@ -40,16 +40,10 @@ def metric_mode(
     (``loss``, ``loss.ce``, ...) is min-better; everything else is max-better.
     """
     if modes and metric in modes:
-        return _check_mode(modes[metric])
+        return check_mode(modes[metric])
     if search_metric is not None and metric == search_metric and search_mode:
-        return _check_mode(search_mode)
+        return check_mode(search_mode)
     return "min" if metric.startswith("loss") else "max"
-
-
-def _check_mode(mode: str) -> str:
-    if mode not in ("max", "min"):
-        raise LossearchError(f"mode must be 'max' or 'min', got '{mode}'")
-    return mode
 
 
 def split_metrics(result: TuneResult) -> tuple[dict[str, float], dict[int, dict[str, float]]]:

@@ -21,8 +21,8 @@ import numpy as np
 import pandas as pd
 
 from analysis.confirmed import _read_matrix
-from analysis.rank import check_mode
 from lossearch.errors import LossearchError
+from lossearch.experiment import check_mode
 
 BASELINE = "ce"
 CONTROL = "answer_ce"

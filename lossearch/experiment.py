@@ -76,6 +76,14 @@ class SearchMeta(BaseModel):
     keep: Literal["best", "all", "none"] = "all"
 
 
+def check_mode(mode: str) -> str:
+    """``mode`` when it is ``max`` or ``min`` (which way a metric is better), else a one-line
+    :class:`~lossearch.errors.LossearchError`."""
+    if mode not in ("max", "min"):
+        raise LossearchError(f"mode must be 'max' or 'min', got '{mode}'")
+    return mode
+
+
 def write_meta(exp: str, meta: SearchMeta | dict[str, Any]) -> None:
     """Write ``lossearch_search.yaml`` into ``exp`` (local or URI; atomically where local)."""
     checked = meta if isinstance(meta, SearchMeta) else validate_as(SearchMeta, meta)

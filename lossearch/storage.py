@@ -116,3 +116,20 @@ def remove_dir(folder: str, name: str) -> None:
     import shutil
 
     shutil.rmtree(Path(folder, name), ignore_errors=True)
+
+
+def check_local_target(path: str | Path, flag: str, *, kind: str) -> Path:
+    """``path`` (resolved) if a ``kind`` (``"file"`` or ``"dir"``) can be written there: it is
+    absent or already a ``kind``, and its nearest existing ancestor is a directory. Else a
+    one-line :class:`~lossearch.errors.LossearchError` naming ``flag`` (checked before
+    anything is written, so a bad path damages nothing)."""
+    from lossearch.errors import LossearchError
+
+    target = Path(path).expanduser().resolve()
+    if target.exists() and target.is_dir() != (kind == "dir"):
+        what = "a directory; name a file" if target.is_dir() else "a file, not a directory"
+        raise LossearchError(f"{flag} {path} is {what}")
+    parent = next(p for p in target.parents if p.exists())
+    if not parent.is_dir():
+        raise LossearchError(f"{flag} {path}: {parent} is not a directory")
+    return target

@@ -24,6 +24,7 @@ from lossearch.config import TrainConfig, dump_config
 from lossearch.errors import LossearchError
 from lossearch.interrupt import interrupted
 from lossearch.ray_train import build_trainer, check_ray_address, diverged_error, init_ray
+from lossearch.storage import check_local_target
 
 
 def default_run_dir(cfg: TrainConfig) -> Path:
@@ -49,10 +50,8 @@ def train(
     ``log_to`` (trackers of :mod:`lossearch.tracking`) also logs every epoch to them, under
     ``<run>/tracking/``; only for a run in this process.
     """
-    out = Path(out_dir) if out_dir is not None else default_run_dir(cfg)
-    out = out.resolve()
-    if out.exists() and not out.is_dir():
-        raise LossearchError(f"--out is not a directory: {out}")
+    out = check_local_target(out_dir if out_dir is not None else default_run_dir(cfg), "--out",
+                             kind="dir")
     if out.exists() and any(out.iterdir()) and not (out / "config.yaml").exists():
         raise LossearchError(f"output directory is not empty and not a lossearch run: {out}")
     if log_to and not in_process(cfg, address):

@@ -92,7 +92,7 @@ CASES: list[tuple[str, list[str], str]] = [
     # checked before Ray and before torch: the tiny tokenizer needs neither
     ("train-tiny-with-lora", ["train", "model.lora.r=8", *SMALL], "not supported with the 'tiny'"),
     ("train-out-not-a-run", ["train", "--out", "not_an_experiment", *SMALL], "not a lossearch run"),
-    ("train-out-is-a-file", ["train", "--out", "ok.jsonl", *SMALL], "--out is not a directory"),
+    ("train-out-is-a-file", ["train", "--out", "ok.jsonl", *SMALL], "--out ok.jsonl is a file"),
     # ---- lossearch search (into exps/, where the pre-made experiment lives)
     ("search-malformed-yaml", ["search", "--space", "bad.yaml"], "malformed YAML"),
     ("search-empty-choice-list", ["search", "--space", "space_empty_choices.yaml"],
@@ -126,6 +126,19 @@ CASES: list[tuple[str, list[str], str]] = [
      "--seeds must be at least 1"),
     ("confirm-top-zero", ["confirm", "exps/existing", "--top", "0"], "--top must be at least 1"),
     ("confirm-no-finished-trial", ["confirm", "exps/existing"], "existing"),
+    ("confirm-max-concurrent-zero", ["confirm", "exps/existing", "--max-concurrent", "0"],
+     "--max-concurrent must be at least 1"),
+    # ---- where export and analyze write
+    ("export-bad-mode", ["export", "exps/existing", "--mode", "sideways"],
+     "mode must be 'max' or 'min', got 'sideways'"),
+    ("export-out-is-a-directory", ["export", "exps/existing", "--out", "not_an_experiment"],
+     "--out not_an_experiment is a directory"),
+    ("export-out-under-a-file", ["export", "exps/existing", "--out", "ok.jsonl/best.yaml"],
+     "ok.jsonl is not a directory"),
+    ("export-model-under-a-file", ["export", "exps/existing", "--model", "ok.jsonl/model"],
+     "ok.jsonl is not a directory"),
+    ("analyze-out-is-a-file", ["analyze", "exps/existing", "--out", "ok.jsonl"],
+     "--out ok.jsonl is a file"),
     # ---- usage errors (typer/click): unknown command or option, missing argument, bad value
     ("unknown-command", ["report", "exps/existing"], "No such command 'report'"),
     ("unknown-option", ["search", "--space", str(QUICK), "--bogus"], "No such option: --bogus"),

@@ -217,8 +217,9 @@ def confirm(
     from lossearch.config import validate_as
     from lossearch.preflight import preflight
     from lossearch.ray_train import check_ray_address
-    from lossearch.search.driver import _fit
+    from lossearch.search.driver import _fit, check_counts
 
+    check_counts(max_concurrent=max_concurrent)
     if not is_uri(exp):
         exp = str(Path(exp).resolve())
     new = plan(exp, seeds=seeds, top_k=top_k, metric=metric)
@@ -251,7 +252,7 @@ def confirm(
         )
     if todo:
         meta = read_meta(exp)
-        concurrent = max_concurrent or meta["max_concurrent"]
+        concurrent = meta["max_concurrent"] if max_concurrent is None else max_concurrent
         _fit(
             root,
             address,

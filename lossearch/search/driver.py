@@ -124,7 +124,7 @@ def run_search(
 
     keep = check_keep(keep or DEFAULT_KEEP)
 
-    _check_counts(
+    check_counts(
         num_samples=num_samples,
         max_concurrent=max_concurrent,
         seeds=seeds,
@@ -239,7 +239,7 @@ def _given(value: Any, *defaults: Any) -> Any:
     return None
 
 
-def _check_counts(**counts: Any) -> None:
+def check_counts(**counts: Any) -> None:
     """The command line's counts (None: not given), each at or above its minimum."""
     minimum = {"reduction_factor": 1}  # ASHA needs > 1; the others >= 1
     for key, value in counts.items():

@@ -54,12 +54,12 @@ def best_configs(
     (:func:`analysis.load_trials`; not modified), else it is read here.
     """
     from analysis import load_trials
-    from lossearch.experiment import read_meta
+    from lossearch.experiment import check_mode, read_meta
     from lossearch.search.space import trial_to_config
 
     meta = read_meta(exp)
     metric = metric or meta["metric"]
-    mode = mode or meta["mode"]
+    mode = check_mode(mode or meta["mode"])
     df = load_trials([exp]) if trials is None else trials
     col = f"final.{metric}"
     if col not in df.columns:
@@ -123,13 +123,13 @@ def confirmed_winner(exp: str, mode: str | None = None) -> dict[str, Any] | None
     import pandas as pd
 
     from lossearch.config import validate
-    from lossearch.experiment import read_meta
+    from lossearch.experiment import check_mode, read_meta
     from lossearch.storage import join_uri
 
     verdict_path = Path(join_uri(exp, "confirm", "verdict.csv"))
     if "://" in exp or not verdict_path.is_file():
         return None
-    mode = mode or read_meta(exp)["mode"]
+    mode = check_mode(mode or read_meta(exp)["mode"])
     # Tune's trial ids are 8 hex digits: "01234567" or "8e123456" must stay text, not numbers
     table = pd.read_csv(verdict_path, dtype={"config_id": str})
     table = table.sort_values("mean", ascending=(mode == "min"))
@@ -183,7 +183,10 @@ def export_best(
     ``metric`` is asked for), else the search's best by validation (from ``trials``, the
     experiment's trials frame, when the caller has it; else it is read).
     """
+    from lossearch.storage import check_local_target
+
     out = Path(out)
+    check_local_target(out, "--out", kind="file")
     winner = None if per_loss else pick_winner(exp, metric, mode, trials=trials)
     if winner is not None and "run_id" in winner:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -196,8 +199,13 @@ def export_best(
     entries = [winner] if winner is not None else best_configs(
         exp, metric, mode, per_loss, trials=trials
     )
-    for entry in entries:
-        path = out.with_name(f"{out.stem}-{entry['family']}{out.suffix}") if per_loss else out
+    paths = [
+        out.with_name(f"{out.stem}-{entry['family']}{out.suffix}") if per_loss else out
+        for entry in entries
+    ]
+    for path in paths:  # every one checked before the first is written
+        check_local_target(path, "--out", kind="file")
+    for entry, path in zip(entries, paths, strict=True):
         _write(entry, path)
         written.append(path)
     return written

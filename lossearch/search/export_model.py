@@ -41,11 +41,10 @@ MARKER = "lossearch.yaml"
 
 def _check_out(out: Path) -> None:
     """``out`` is absent, an empty directory or an earlier export; else one-line error."""
-    if not out.exists():
-        return
-    if not out.is_dir():
-        raise LossearchError(f"--model {out} exists and is not a directory")
-    if any(out.iterdir()) and not _is_export(out):
+    from lossearch.storage import check_local_target
+
+    check_local_target(out, "--model", kind="dir")
+    if out.exists() and any(out.iterdir()) and not _is_export(out):
         raise LossearchError(
             f"--model {out} is not empty and not an earlier model export (no {MARKER}); "
             "name a new or empty directory"
