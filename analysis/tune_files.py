@@ -288,8 +288,10 @@ def _trial(loc: Location, entry: StateEntry) -> tuple[TuneTrial, bool]:
     found = read_results(loc, logdir)
     results = found or []
     patched = False
-    if any(k != "config" for k in runtime.last_result):
-        last = TuneResult.model_validate(runtime.last_result)
+    last = TuneResult.model_validate(runtime.last_result)
+    # a trial that failed before its first report has a last_result of Tune's keys alone
+    # ({"trial_id": ...}): nothing to fill in
+    if last.reported():
         if not results or last.number(len(results)) > results[-1].number(len(results)):
             results.append(last)
             patched = True

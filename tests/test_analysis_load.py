@@ -196,6 +196,36 @@ def test_truncated_result_json_falls_back_to_state(trials: pd.DataFrame, exp_cop
         assert after[col].tolist() == pytest.approx(before[col].tolist())
 
 
+def test_trial_that_failed_before_its_first_report_loads_without_warning(
+    trials: pd.DataFrame, exp_copy: Path
+) -> None:
+    """Tune's state keeps ``last_result = {"trial_id": ...}`` for a trial that raised before
+    reporting (a loss NaN at step 3): an errored trial with no results, not a result.json
+    to "fill in" (which warned that its history has gaps, at the end of every such search)."""
+    done = _by_trial(trials)
+    trial_id = done[done["status"] == "finished"].index[0]
+    trial_dir = _trial_dir(exp_copy, trial_id)
+    (trial_dir / "result.json").write_text("")
+    (trial_dir / "error.txt").write_text("Traceback ...\nTrialDiverged: loss became nan\n")
+    state_path = _state_file(exp_copy)
+    state = json.loads(state_path.read_text())
+    for entry in state["trial_data"]:
+        tj, rj = json.loads(entry[0]), json.loads(entry[1])
+        if tj["trial_id"] == trial_id:
+            tj["status"] = "ERROR"
+            rj["last_result"] = {"trial_id": trial_id}
+            rj["error_filename"] = "error.txt"
+        entry[0], entry[1] = json.dumps(tj), json.dumps(rj)
+    state_path.write_text(json.dumps(state))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        loaded = load_trials(exp_copy)
+    assert not [w for w in caught if issubclass(w.category, PartialExperimentWarning)]
+    rows = loaded[loaded["trial_id"] == trial_id]
+    assert set(rows["status"]) == {"errored"}
+    assert rows["final.exact_match"].isna().all()
+
+
 def test_still_running_experiment_loads_with_warning(trials: pd.DataFrame, exp_copy: Path) -> None:
     state_path = _state_file(exp_copy)
     state = json.loads(state_path.read_text())
