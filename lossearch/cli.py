@@ -301,6 +301,7 @@ def main() -> None:
     from lossearch.interrupt import catch_stop_signals, interrupted, received_signal
 
     catch_stop_signals()
+    one_line_warnings()
     try:
         app(standalone_mode=False)
     except Interrupted as stop:
@@ -319,6 +320,21 @@ def main() -> None:
         if exc.format_message():  # empty for a bare `lossearch`, whose help is already out
             typer.echo(f"error: {exc.format_message()} (see --help)", err=True)
         sys.exit(2)
+
+
+def one_line_warnings() -> None:
+    """Print lossearch's own warnings (``PartialExperimentWarning``, ``RankingWarning``, ...)
+    as ``warning: <message>``, without Python's source file and line; others as Python does."""
+    import warnings
+
+    python_format = warnings.formatwarning
+
+    def formatwarning(message, category, filename, lineno, line=None):  # type: ignore[no-untyped-def]
+        if category.__module__.partition(".")[0] in ("lossearch", "analysis"):
+            return f"warning: {message}\n"
+        return python_format(message, category, filename, lineno, line)
+
+    warnings.formatwarning = formatwarning
 
 
 def _exit_interrupted(stop: Interrupted) -> None:

@@ -11,6 +11,7 @@ Ray's own default behaviour, which also works (slower or noisier).
 - :func:`quiet_train_reports`: the logger name of Train V2's per-report INFO line;
 - :func:`remove_placement_group`: a placement group from its hex id;
 - :func:`stop_tune`: Tune's graceful stop (its SIGUSR1 handler);
+- :func:`quiet_incomplete_trials`: Tune's closing "Trials did not complete" error line;
 - :func:`tbx_callback_into`: Tune's TensorBoard logger writing where lossearch says;
 - :func:`optuna_study`, :func:`optuna_trial`, :func:`optuna_told`: what Tune's
   ``OptunaSearch`` keeps of its study, for recording trials in a persistent one.
@@ -129,6 +130,33 @@ def stop_tune() -> bool:
     logging.getLogger("ray.tune").setLevel(logging.CRITICAL)
     handler(signal.SIGUSR1, None)
     return True
+
+
+# Where Tune's run() logs, at its end, the trials that did not finish (one ERROR record).
+TUNE_RUN_LOGGER = "ray.tune.tune"
+INCOMPLETE_TRIALS = "Trials did not complete"
+
+
+class _IncompleteTrials(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(INCOMPLETE_TRIALS)
+
+
+_INCOMPLETE_FILTER = _IncompleteTrials()
+
+
+def quiet_incomplete_trials(quiet: bool) -> None:
+    """Drop (``quiet``) or keep Tune's closing ``Trials did not complete: [<trial>, ...]``.
+
+    An ERROR record of Tune's ``run()`` listing errored trials by Tune's name, printed after
+    lossearch's own line for each ended trial and before its summary (``trials: 1 errored,
+    ...``): at lossearch's live view it says nothing new. Other records of that logger pass.
+    """
+    logger = logging.getLogger(TUNE_RUN_LOGGER)
+    if quiet:
+        logger.addFilter(_INCOMPLETE_FILTER)
+    else:
+        logger.removeFilter(_INCOMPLETE_FILTER)
 
 
 def tbx_callback_into(folder_of: Callable[[Any], str]) -> Any:

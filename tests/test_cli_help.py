@@ -1,4 +1,4 @@
-"""``lossearch --help`` and every subcommand's ``--help``: exit 0, each command described."""
+"""The command line's own output: ``--help`` of every command, the form of its warnings."""
 
 from __future__ import annotations
 
@@ -34,3 +34,18 @@ def test_command_help_reflows_each_paragraph_of_its_docstring(command: str) -> N
     for paragraph in inspect.cleandoc(callback.__doc__).split("\n\n"):
         text = " ".join(paragraph.replace("`", "").split())
         assert len(text) < 190 and text in lines, f"{command} --help lacks the line: {text}"
+
+
+def test_own_warnings_are_one_line_without_source_location(monkeypatch) -> None:
+    import warnings
+
+    from analysis.tune_files import PartialExperimentWarning
+    from lossearch.cli import one_line_warnings
+
+    monkeypatch.setattr(warnings, "formatwarning", warnings.formatwarning)
+    one_line_warnings()
+    ours = warnings.formatwarning("exp: 1 trial without results", PartialExperimentWarning,
+                                  "/x/analysis/load.py", 286)
+    assert ours == "warning: exp: 1 trial without results\n"
+    theirs = warnings.formatwarning("old API", DeprecationWarning, "/x/lib.py", 3)
+    assert "/x/lib.py:3" in theirs

@@ -86,8 +86,13 @@ def test_trial_lines_count_ended_trials_and_say_how_each_ended(tmp_path):
     err.write_text("Failure # 1\nTraceback ...\nTrialDiverged: loss is nan\n")
     broken = _trial("d", "RUNNING", {"loss.family": "poly1", "optim.lr": 1e6},
                     {"epoch": 1, "time_total_s": 2}, error_file=str(err))
-    line = lines.line([done, broken], broken, error=progress._error_line(broken))
-    assert line == "trial 2/8 poly1 lr=1e6 → error: TrialDiverged: loss is nan (1 epoch, 2 s)"
+    line = lines.line([done, broken], broken, error=progress.error_outcome(broken))
+    assert line == "trial 2/8 poly1 lr=1e6 → diverged: loss is nan (1 epoch, 2 s)"
+    err.write_text("Failure # 1\nTraceback ...\nValueError: bad shape\n")
+    broken.path = str(tmp_path / "exp" / "run_trial_d_1")
+    line = lines.line([done, broken], broken, error=progress.error_outcome(broken))
+    assert line.endswith("→ error: ValueError: bad shape (traceback: run_trial_d_1/error.txt)"
+                         " (1 epoch, 2 s)")
 
 
 def test_confirm_lines_use_the_run_descriptions():
@@ -103,11 +108,12 @@ def test_confirm_lines_use_the_run_descriptions():
 def test_live_view_switches_ray_output_engine(monkeypatch):
     from ray import tune
 
-    monkeypatch.setattr(progress, "_user_new_output", None)
+    monkeypatch.setattr(progress, "_user_env", dict.fromkeys(progress._user_env))
     monkeypatch.delenv(progress.NEW_OUTPUT, raising=False)
     view = live_view(verbose=1, total=2, metrics=["exact_match", "exact_match"], epochs=1,
                      columns={"loss.family": "family"})
     assert os.environ[progress.NEW_OUTPUT] == "0"  # else Tune ignores the reporter
+    assert os.environ[progress.PRINT_TRIAL_ERRORS] == "0"  # the trial's line says it
     reporter = view["run_config"]["progress_reporter"]
     assert isinstance(reporter, tune.CLIReporter)
     assert view["run_config"]["verbose"] == 1
@@ -115,6 +121,7 @@ def test_live_view_switches_ray_output_engine(monkeypatch):
     assert view["callbacks"][0].metrics == ["exact_match"]
     ray_own = live_view(verbose=2, total=2, metrics=["m"], epochs=1, columns={})
     assert progress.NEW_OUTPUT not in os.environ
+    assert progress.PRINT_TRIAL_ERRORS not in os.environ
     assert ray_own == {"run_config": {"verbose": 1}, "callbacks": []}
     assert live_view(verbose=0, total=2, metrics=["m"], epochs=1, columns={})["run_config"] \
         == {"verbose": 0}

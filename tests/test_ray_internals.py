@@ -139,6 +139,56 @@ class _Trial:
         pass
 
 
+def test_a_failed_trial_prints_no_traceback_at_the_live_view(ray_local, tmp_path):
+    """At lossearch's live view (verbose 1) Tune logs neither the failed trial's traceback
+    (``TUNE_PRINT_ALL_TRIAL_ERRORS``) nor its closing "Trials did not complete" line; the
+    trial's ``error.txt`` keeps the traceback. With Ray's own output (-v) both are back."""
+    import logging
+
+    from ray import tune
+
+    from lossearch.search.progress import resume_view
+
+    def diverges(config):  # local: pickled by value for the trial's process
+        from lossearch.search.trial import TrialDiverged
+
+        raise TrialDiverged("loss became nan at epoch 1, step 3 (seed 0)")
+
+    class Records(logging.Handler):  # on "ray.tune": sees what its loggers let through
+        def __init__(self):
+            super().__init__(logging.DEBUG)
+            self.lines = []
+
+        def emit(self, record):
+            self.lines.append(record.getMessage() + (" +traceback" if record.exc_info else ""))
+
+    def run(verbose: int, name: str) -> list[str]:
+        resume_view(verbose)
+        seen = Records()
+        logging.getLogger("ray.tune").addHandler(seen)
+        try:
+            grid = tune.Tuner(
+                diverges,
+                run_config=tune.RunConfig(name=name, storage_path=str(tmp_path), verbose=0),
+            ).fit()
+        finally:
+            logging.getLogger("ray.tune").removeHandler(seen)
+        assert grid[0].error is not None
+        return seen.lines
+
+    try:
+        quiet, loud = run(1, "quiet"), run(2, "loud")
+    finally:
+        resume_view(1)
+    said = [line for line in quiet if "Trial task failed" in line
+            or line.startswith(ray_internals.INCOMPLETE_TRIALS) or "+traceback" in line]
+    assert not said, said
+    (error_file,) = (tmp_path / "quiet").glob("*/error.txt")
+    assert "TrialDiverged: loss became nan" in error_file.read_text()
+    assert any(line.startswith("Trial task failed") and "+traceback" in line for line in loud)
+    assert any(line.startswith(ray_internals.INCOMPLETE_TRIALS) for line in loud), loud
+
+
 def test_optuna_search_still_keeps_its_study_trials_and_told_ids():
     import optuna
     from ray.tune.search.optuna import OptunaSearch

@@ -34,12 +34,14 @@ from lossearch.metrics import summary_line
 from lossearch.search.trial_config import CE_WEIGHT_KEY, FAMILY_KEY
 
 NEW_OUTPUT = "RAY_AIR_NEW_OUTPUT"
+PRINT_TRIAL_ERRORS = "TUNE_PRINT_ALL_TRIAL_ERRORS"  # Tune's: a trial error's traceback, logged
 LR_KEY = "optim.lr"
 _SYMBOLS = {
     "alpha": "α", "beta": "β", "gamma": "γ", "delta": "δ", "epsilon": "ε", "lambda": "λ",
     "tau": "τ", "temperature": "τ",
 }
-_user_new_output = os.environ.get(NEW_OUTPUT)  # the user's own setting, restored by -v
+# the user's own settings of what the live view sets, restored by -v
+_user_env = {key: os.environ.get(key) for key in (NEW_OUTPUT, PRINT_TRIAL_ERRORS)}
 
 
 def label(key: str) -> str:
@@ -122,7 +124,7 @@ class LiveTable(tune.CLIReporter):
 
 class TrialLines(tune.Callback):
     """One line per ended trial: ``trial 3/8 <description> → <metric> <value> (<epochs>,
-    <seconds> s)``; an errored trial's line gives the error's last line instead of metrics.
+    <seconds> s)``; an errored trial's line says how it ended instead (:func:`error_outcome`).
 
     ``descriptions`` maps a trial config's ``run`` to its description (confirm runs); a
     search trial is described from its flat config (:func:`describe`) over ``defaults``
@@ -148,7 +150,7 @@ class TrialLines(tune.Callback):
         print(self.line(trials, trial), flush=True)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        print(self.line(trials, trial, error=_error_line(trial)), flush=True)
+        print(self.line(trials, trial, error=error_outcome(trial)), flush=True)
 
     def describe(self, trial: Any) -> str:
         """``focal w_ce=0.6 γ=2 lr=3e-3`` (a search trial), or a confirm run's description."""
@@ -162,7 +164,7 @@ class TrialLines(tune.Callback):
         what = self.describe(trial)
         result = trial.last_result or {}
         if error is not None:
-            outcome = f"error: {error}"
+            outcome = error
         else:
             outcome = ", ".join(
                 f"{m} {fmt_value(result[m])}" if isinstance(result.get(m), (int, float))
@@ -176,6 +178,18 @@ class TrialLines(tune.Callback):
         seconds = float(result.get("time_total_s") or 0.0)
         total = f"/{self.total}" if self.total else ""
         return f"{self.unit} {ended}{total} {what} → {outcome} ({epochs}, {seconds:.0f} s)"
+
+
+def error_outcome(trial: Any) -> str:
+    """How an errored trial ended, for its line: ``diverged: loss became nan at epoch 1, step
+    3 (seed 0)`` (:class:`~lossearch.search.trial.TrialDiverged`, an outcome of the search),
+    else ``error: <the error's last line> (traceback: <trial folder>/error.txt)``."""
+    last = _error_line(trial)
+    kind, _, message = last.partition(": ")
+    if kind.rsplit(".", 1)[-1] == "TrialDiverged":
+        return f"diverged: {message}"
+    folder = os.path.basename(str(getattr(trial, "path", "") or "").rstrip("/"))
+    return f"error: {last}" + (f" (traceback: {folder}/error.txt)" if folder else "")
 
 
 def _error_line(trial: Any) -> str:
@@ -214,20 +228,32 @@ def live_view(
 
 
 def resume_view(verbose: int) -> None:
-    """Choose Tune's output engine for ``verbose`` (1: the classic one, which prints the
-    ``CLIReporter`` of :func:`live_view`; else the user's own setting, by default Ray's new
-    engine; Optuna's INFO lines off at 1). A resumed search gets its reporter and callbacks
-    back from Tune's saved state, so the engine is all there is to choose."""
+    """Choose Tune's output for ``verbose``: at 1 its classic engine, which prints the
+    ``CLIReporter`` of :func:`live_view` (else the user's own setting, by default Ray's new
+    engine), and Optuna's INFO lines off; at 0 and 1 no traceback of a failed trial (Tune's
+    ``TUNE_PRINT_ALL_TRIAL_ERRORS``: the trial's line names the error, its ``error.txt``
+    keeps the traceback) nor Tune's closing "Trials did not complete" line. A resumed search
+    gets its reporter and callbacks back from Tune's saved state, so this is all there is to
+    choose."""
+    from lossearch.ray_internals import quiet_incomplete_trials
+
+    quiet_incomplete_trials(verbose <= 1)
+    _set_env(NEW_OUTPUT, "0" if verbose == 1 else None)
+    _set_env(PRINT_TRIAL_ERRORS, "0" if verbose <= 1 else None)
     if verbose == 1:
-        os.environ[NEW_OUTPUT] = "0"
         import optuna
 
         # "A new study created in memory/Journal" per search: noise beside the live view
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-    elif _user_new_output is None:
-        os.environ.pop(NEW_OUTPUT, None)
+
+
+def _set_env(key: str, value: str | None) -> None:
+    """Set ``key`` to ``value``; None: back to the user's own setting (or unset)."""
+    value = _user_env[key] if value is None else value
+    if value is None:
+        os.environ.pop(key, None)
     else:
-        os.environ[NEW_OUTPUT] = _user_new_output
+        os.environ[key] = value
 
 
 def search_view(sp: Any, meta: Mapping[str, Any], verbose: int) -> dict[str, Any]:
