@@ -239,13 +239,20 @@ def set_path(tree: dict[str, Any], path: list[str], value: Any) -> None:
 
 
 def apply_overrides(tree: dict[str, Any], overrides: list[str] | dict[str, Any]) -> dict[str, Any]:
-    """Return a copy of ``tree`` with overrides (``["a.b=1"]`` or ``{"a.b": 1}``) applied."""
+    """Return a copy of ``tree`` with overrides (``["a.b=1"]`` or ``{"a.b": 1}``) applied.
+
+    An override changes the config the tree stands for: a ``loss.*`` key where the tree has
+    no ``loss`` applies to the default loss (``{ce: 1.0}``), so ``loss.ce.label_smoothing=0.1``
+    keeps CE's weight and ``loss.focal.weight=0.4`` adds focal to it.
+    """
     out = copy.deepcopy(tree)
     items = (
         [parse_override(o) for o in overrides]
         if isinstance(overrides, list)
         else [(k.split("."), v) for k, v in overrides.items()]
     )
+    if "loss" not in out and any(path[0] == "loss" and len(path) > 1 for path, _ in items):
+        out["loss"] = TrainConfig.model_fields["loss"].default_factory()
     for path, value in items:
         set_path(out, path, value)
     return out

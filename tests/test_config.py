@@ -73,6 +73,21 @@ def test_override_scalar_loss_weight_becomes_section():
     assert tree["loss"]["focal"] == {"weight": 0.4, "gamma": 3}
 
 
+def test_loss_overrides_change_the_default_loss_when_the_config_has_none(tmp_path):
+    """Without a ``loss`` section the config trains ``{ce: 1.0}``; an override of one of its
+    keys changes that loss rather than replacing it (it lost CE's weight: "missing 'weight'"),
+    exactly as on a YAML that spells the default out."""
+    spelled = tmp_path / "spelled.yaml"
+    spelled.write_text("loss: {ce: 1.0}\n")
+    for overrides in (["loss.ce.label_smoothing=0.1"], ["loss.focal.weight=0.4"],
+                      ["loss.ce_scope=answer"]):
+        assert load_config(overrides=overrides).loss == \
+            load_config(spelled, overrides=overrides).loss, overrides
+    assert load_config(overrides=["loss.ce.label_smoothing=0.1"]).loss["ce"] == \
+        {"weight": 1.0, "label_smoothing": 0.1}
+    assert set(load_config(overrides=["loss={focal: 1.0}"]).loss) == {"focal", "ce_scope"}
+
+
 CHECK_WITHOUT_TORCH = """
 import sys
 from lossearch.config import load_config
