@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -207,6 +208,27 @@ def _format_error(err: ValidationError) -> str:
     return f"config key '{path}': {msg}" if path else f"config: {msg}"
 
 
+class UserYamlLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, but ``1e-3`` is a float, as in YAML 1.2 (and JSON).
+
+    PyYAML follows YAML 1.1, whose floats need a dot (``1.0e-3``): ``lr: 1e-3`` was the
+    string ``"1e-3"``, which a search space's ``low``/``high`` refused as "not a valid
+    number". Used for every YAML a user writes: configs, spaces, ``key=value`` overrides.
+    """
+
+
+UserYamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*\.?[0-9_]*|\.[0-9][0-9_]*)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
+
+
+def load_user_yaml(text: str) -> Any:
+    """Parse YAML a user wrote (:class:`UserYamlLoader`); raises ``yaml.YAMLError``."""
+    return yaml.load(text, Loader=UserYamlLoader)  # noqa: S506 (a SafeLoader subclass)
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
     """Split ``a.b.c=value`` into its path and a YAML-parsed value."""
     if "=" not in text:
@@ -216,7 +238,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not key or any(not part for part in key.split(".")):
         raise LossearchError(f"override '{text}' has an empty key")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = load_user_yaml(raw) if raw.strip() else None
     except yaml.YAMLError:
         value = raw
     return key.split("."), value
@@ -264,7 +286,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if not p.is_file():
         raise LossearchError(f"file not found: {p}")
     try:
-        data = yaml.safe_load(p.read_text())
+        data = load_user_yaml(p.read_text())
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark is not None else ""

@@ -88,6 +88,21 @@ def test_loss_overrides_change_the_default_loss_when_the_config_has_none(tmp_pat
     assert set(load_config(overrides=["loss={focal: 1.0}"]).loss) == {"focal", "ce_scope"}
 
 
+def test_exponent_floats_without_a_dot_are_numbers(tmp_path):
+    """``1e-3`` is a float in what users write (YAML 1.2); PyYAML's YAML 1.1 made it the
+    string "1e-3", and a search space refused ``low: 1e-4`` as "not a valid number"."""
+    from lossearch.search.space import load_space
+
+    config = tmp_path / "c.yaml"
+    config.write_text("optim: {lr: 1e-3, weight_decay: 1E-2}\n")
+    assert load_config(config).optim.lr == 1e-3
+    assert load_config(overrides=["optim.lr=2e-4"]).optim.lr == 2e-4
+    space = tmp_path / "s.yaml"
+    space.write_text("base: {task: {name: arith}}\n"
+                     "space: {loss.family: ce, optim.lr: {low: 1e-4, high: 1e-2, log: true}}\n")
+    assert load_space(space).param_range("optim.lr") == {"ce": [1e-4, 1e-2]}
+
+
 CHECK_WITHOUT_TORCH = """
 import sys
 from lossearch.config import load_config
