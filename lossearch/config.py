@@ -77,6 +77,11 @@ class TaskConfig(_Section):
     target_field: str = "target"
     answer_pattern: str | None = None
 
+    @field_validator("data_dir", "train_file", "validation_file", "test_file")
+    @classmethod
+    def _absolute(cls, value: str | None) -> str | None:
+        return absolute_path(value) if value is not None and "://" not in value else value
+
     @model_validator(mode="before")
     @classmethod
     def _renamed_keys(cls, data: Any) -> Any:
@@ -123,6 +128,17 @@ class LoraConfig(_Section):
     target_modules: Literal["auto", "paper", "all-linear"] | list[str] = "auto"
 
 
+def absolute_path(path: str) -> str:
+    """``path`` with ``~`` expanded, made absolute against this process's working directory.
+
+    A config's local paths (data files, a model directory) are made absolute where it is
+    first validated, in the command's own process: trials and Ray Train workers run in other
+    working directories, where a relative path named nothing (every trial failed with "file
+    not found"). The experiment and exported configs then hold the absolute paths.
+    """
+    return os.path.abspath(os.path.expanduser(path))
+
+
 def looks_like_path(name: str) -> bool:
     """``model.name_or_path`` names a local path (absolute, relative, ``~``, or an existing
     directory), not a Hugging Face hub id."""
@@ -136,6 +152,11 @@ class ModelConfig(_Section):
     dtype: Literal["float32", "bfloat16", "float16", "auto"] = "float32"
     lora: LoraConfig | None = None
     gradient_checkpointing: bool = False
+
+    @field_validator("name_or_path")
+    @classmethod
+    def _absolute(cls, value: str) -> str:
+        return absolute_path(value) if value != "tiny" and looks_like_path(value) else value
 
 
 class OptimConfig(_Section):

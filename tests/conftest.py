@@ -74,9 +74,10 @@ def small_search(ray_local, tmp_path_factory):
 
 # A 2-trial search through the command line, 1 epoch each, 2 at a time, with TensorBoard and
 # MLflow on: shared by test_confirm.py (which confirms a copy) and test_tracking.py (which
-# reads its live view and trackers). The task is a jsonl whose every training target is
-# ``ok`` (the tiny model learns it within one short epoch); its test file, which the search
-# must never read, does not exist while the search runs (test_confirm.py writes it later).
+# reads its live view and trackers). The task is a jsonl, named by a relative path, whose
+# every training target is ``ok`` (the tiny model learns it within one short epoch); its test
+# file, which the search must never read, does not exist while the search runs
+# (test_confirm.py writes it later).
 CLI_GRID = [
     {"loss.family": "ce", "optim.lr": 5e-3},
     {"loss.family": "focal", "loss.ce.weight": 0.6, "loss.focal.gamma": 2.0, "optim.lr": 3e-3},
@@ -101,8 +102,10 @@ def cli_search(tmp_path_factory):
     space = {
         "base": {
             "name": "cli",
-            "task": {"name": "jsonl", "train_file": str(root / "train.jsonl"),
-                     "test_file": str(root / "test.jsonl"), "val_size": 20, "max_length": 32},
+            # relative to the search's working directory: trials run elsewhere, so the driver
+            # must make them absolute (every trial failed with "file not found" before)
+            "task": {"name": "jsonl", "train_file": "train.jsonl",
+                     "test_file": "test.jsonl", "val_size": 20, "max_length": 32},
             "model": {"name_or_path": "tiny"},
             "optim": {"epochs": 1, "lr": 1e-2, "warmup_steps": 0, "batch_size": 16},
             "eval": {"max_new_tokens": 4},

@@ -196,18 +196,17 @@ def test_truncated_result_json_falls_back_to_state(trials: pd.DataFrame, exp_cop
         assert after[col].tolist() == pytest.approx(before[col].tolist())
 
 
-def test_trial_that_failed_before_its_first_report_loads_without_warning(
-    trials: pd.DataFrame, exp_copy: Path
-) -> None:
-    """Tune's state keeps ``last_result = {"trial_id": ...}`` for a trial that raised before
-    reporting (a loss NaN at step 3): an errored trial with no results, not a result.json
-    to "fill in" (which warned that its history has gaps, at the end of every such search)."""
-    done = _by_trial(trials)
-    trial_id = done[done["status"] == "finished"].index[0]
-    trial_dir = _trial_dir(exp_copy, trial_id)
+def _fail_before_first_report(exp: Path, trial_id: str) -> None:
+    """Make ``trial_id`` of ``exp`` what Tune leaves of a trial that raised before reporting:
+    status ERROR, an empty result.json, ``last_result = {"trial_id": ...}``, an error.txt."""
+    trial_dir = _trial_dir(exp, trial_id)
     (trial_dir / "result.json").write_text("")
-    (trial_dir / "error.txt").write_text("Traceback ...\nTrialDiverged: loss became nan\n")
-    state_path = _state_file(exp_copy)
+    (trial_dir / "error.txt").write_text(
+        "Failure # 1 (occurred at 2026-11-27_07-23-19)\nTraceback (most recent call last):\n"
+        '  File "trial.py", line 115, in _fit_in_trial\n    raise TrialDiverged(str(err))\n'
+        "lossearch.search.trial.TrialDiverged: loss became nan\n"
+    )
+    state_path = _state_file(exp)
     state = json.loads(state_path.read_text())
     for entry in state["trial_data"]:
         tj, rj = json.loads(entry[0]), json.loads(entry[1])
@@ -217,6 +216,17 @@ def test_trial_that_failed_before_its_first_report_loads_without_warning(
             rj["error_filename"] = "error.txt"
         entry[0], entry[1] = json.dumps(tj), json.dumps(rj)
     state_path.write_text(json.dumps(state))
+
+
+def test_trial_that_failed_before_its_first_report_loads_without_warning(
+    trials: pd.DataFrame, exp_copy: Path
+) -> None:
+    """Tune's state keeps ``last_result = {"trial_id": ...}`` for a trial that raised before
+    reporting (a loss NaN at step 3): an errored trial with no results, not a result.json
+    to "fill in" (which warned that its history has gaps, at the end of every such search)."""
+    done = _by_trial(trials)
+    trial_id = done[done["status"] == "finished"].index[0]
+    _fail_before_first_report(exp_copy, trial_id)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         loaded = load_trials(exp_copy)
@@ -224,6 +234,26 @@ def test_trial_that_failed_before_its_first_report_loads_without_warning(
     rows = loaded[loaded["trial_id"] == trial_id]
     assert set(rows["status"]) == {"errored"}
     assert rows["final.exact_match"].isna().all()
+
+
+def test_a_search_whose_every_trial_failed_ends_saying_why(
+    trials: pd.DataFrame, exp_copy: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The end of ``lossearch search`` when no trial reported the metric (every trial failed
+    early, e.g. on a data path): the trial count and the first error, not "unknown metric"."""
+    from lossearch.errors import LossearchError
+    from lossearch.search.report import finish_search
+
+    for trial_id in trials["trial_id"].unique():
+        _fail_before_first_report(exp_copy, trial_id)
+    with pytest.raises(LossearchError) as err:
+        finish_search(str(exp_copy))
+    assert str(err.value) == (
+        "no trial reported exact_match; the first error: "
+        "lossearch.search.trial.TrialDiverged: loss became nan"
+    )
+    assert f"trials: {fx.NUM_TRIALS} errored" in capsys.readouterr().out
+    assert not (exp_copy / "best.yaml").exists()
 
 
 def test_still_running_experiment_loads_with_warning(trials: pd.DataFrame, exp_copy: Path) -> None:

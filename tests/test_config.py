@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-from lossearch.config import apply_overrides, dump_config, load_config, read_yaml
+from lossearch.config import apply_overrides, dump_config, load_config, read_yaml, validate
 from lossearch.errors import LossearchError
 from tests.procs import REPO
 
@@ -101,6 +102,22 @@ def test_exponent_floats_without_a_dot_are_numbers(tmp_path):
     space.write_text("base: {task: {name: arith}}\n"
                      "space: {loss.family: ce, optim.lr: {low: 1e-4, high: 1e-2, log: true}}\n")
     assert load_space(space).param_range("optim.lr") == {"ce": [1e-4, 1e-2]}
+
+
+def test_local_paths_are_made_absolute_where_the_config_is_first_read(tmp_path, monkeypatch):
+    """Trials and Ray Train workers run in other working directories: a relative data file
+    or model directory is resolved against the command's own, once, and stays so."""
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(overrides=["task.train_file=data/train.jsonl", "task.test_file=~/t.jsonl",
+                                 "model.name_or_path=./base"])
+    assert cfg.task.train_file == str(tmp_path / "data" / "train.jsonl")
+    assert cfg.task.test_file == str(Path("~/t.jsonl").expanduser())
+    assert cfg.model.name_or_path == str(tmp_path / "base")
+    monkeypatch.chdir("/")
+    assert validate(cfg.to_dict()) == cfg  # read again elsewhere (a trial): unchanged
+    for kept in ("tiny", "Qwen/Qwen2.5-0.5B"):
+        assert load_config(overrides=[f"model.name_or_path={kept}"]).model.name_or_path == kept
+    assert load_config(overrides=["task.data_dir=s3://b/d"]).task.data_dir == "s3://b/d"
 
 
 CHECK_WITHOUT_TORCH = """

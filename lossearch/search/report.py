@@ -11,6 +11,7 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
+from lossearch.errors import LossearchError
 from lossearch.experiment import read_meta
 from lossearch.storage import is_uri
 
@@ -42,12 +43,21 @@ def finish_search(exp: str) -> Path:
     metric, mode = meta["metric"], meta["mode"]
     console = Console()
     df = load_trials([exp])
+    counts = df.drop_duplicates("trial_id")["status"].value_counts().to_dict() if len(df) else {}
+    summary = "trials: " + (", ".join(f"{v} {k}" for k, v in sorted(counts.items())) or "none")
+    column = f"best.{metric}"
+    if column not in df.columns or df[column].isna().all():
+        # every trial failed before its first evaluation (a bad path, an out-of-memory): say
+        # why, rather than "unknown metric" of an empty ranking
+        console.print(summary)
+        errors = df["error"].dropna() if "error" in df.columns else []
+        why = f"; the first error: {errors.iloc[0]}" if len(errors) else ""
+        raise LossearchError(f"no trial reported {metric}{why}")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RankingWarning)  # shown as the table's caption
         ranks = rank_losses(df, metric=metric, by=(), mode=mode)
     console.print(rankings_table(ranks, metric, mode=mode))
-    counts = df.drop_duplicates("trial_id")["status"].value_counts().to_dict()
-    console.print("trials: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
+    console.print(summary)
     path = export_best(exp, out=best_config_path(exp), trials=df)[0]
     # soft_wrap: a long path stays on one line, so the command can be copied as it is
     console.print(f"best config: {path}", soft_wrap=True)
