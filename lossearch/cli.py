@@ -183,7 +183,7 @@ def _confirm(exp: str, **kwargs: object) -> None:
     from lossearch.search.verdict_report import finish_confirm
 
     done = run_confirm(exp, announce=typer.echo, **kwargs)  # type: ignore[arg-type]
-    finish_confirm(exp, done.metric)
+    finish_confirm(exp, done.metric, done.mode)
     from lossearch.search.export import export_best
     from lossearch.search.report import best_config_path
 

@@ -172,8 +172,8 @@ def test_confirmed_winner_exports_the_first_confirm_seed(
     (ckpt / "state.json").write_text(json.dumps({"epoch": state["epoch"], "seeds": [0, 1]}))
     config = entry["config"].model_copy(update={"seed": 0}).to_dict()
     (run / "result.json").write_text(json.dumps({"config": config, "seeds": [0, 1]}))
-    pd.DataFrame([{"loss": entry["family"], "config_id": entry["trial_id"], "split": "test",
-                   "mean": 0.375, "ci_low": 0.2, "ci_high": 0.5, "n_seeds": 2,
+    pd.DataFrame([{"rank": 1, "loss": entry["family"], "config_id": entry["trial_id"],
+                   "split": "test", "mean": 0.375, "ci_low": 0.2, "ci_high": 0.5, "n_seeds": 2,
                    "n_questions": 30}]).to_csv(exp / "confirm" / "verdict.csv", index=False)
 
     out = tmp_path / "winner"
@@ -203,11 +203,11 @@ def test_confirmed_winner_keeps_a_numeric_looking_trial_id(tmp_path: Path, trial
     run = tmp_path / "confirm" / "runs" / f"focal-{trial_id}"
     run.mkdir(parents=True)
     (run / "result.json").write_text(json.dumps({"config": {}, "seeds": [3]}))
-    pd.DataFrame([{"loss": "focal", "config_id": trial_id, "split": "test", "mean": 0.5,
-                   "ci_low": 0.4, "ci_high": 0.6, "n_seeds": 1, "n_questions": 9}]).to_csv(
-        tmp_path / "confirm" / "verdict.csv", index=False)
+    pd.DataFrame([{"rank": 1, "loss": "focal", "config_id": trial_id, "split": "test",
+                   "mean": 0.5, "ci_low": 0.4, "ci_high": 0.6, "n_seeds": 1,
+                   "n_questions": 9}]).to_csv(tmp_path / "confirm" / "verdict.csv", index=False)
 
-    entry = confirmed_winner(str(tmp_path), "max")
+    entry = confirmed_winner(str(tmp_path))
 
     assert (entry["trial_id"], entry["run_id"]) == (trial_id, f"focal-{trial_id}")
     assert entry["config"].seed == 3

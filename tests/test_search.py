@@ -84,6 +84,20 @@ def test_export_per_loss_writes_one_file_per_family(small_search, tmp_path):
         load_config(p)
 
 
+def test_another_metric_is_ranked_in_its_own_direction(small_search):
+    """The search maximised exact_match; export and confirm by ``loss`` pick the lowest loss
+    (as ``lossearch analyze`` ranks it), not the highest under the search's mode."""
+    from lossearch.search.confirm import plan
+    from lossearch.search.export import best_configs
+
+    finished = load_trials([small_search]).query("status == 'finished'")
+    lowest = finished.groupby("trial_id")["final.loss"].mean().idxmin()
+    assert best_configs(str(small_search), metric="loss")[0]["trial_id"] == lowest
+    confirm = plan(str(small_search), seeds=1, top_k=1, metric="loss")
+    assert confirm.mode == "min"
+    assert plan(str(small_search), seeds=1, top_k=1).mode == "max"
+
+
 # --------------------------------------------------------------------------- SIGKILL + resume
 
 

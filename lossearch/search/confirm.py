@@ -97,9 +97,13 @@ def plan(
         raise LossearchError(f"--seeds must be at least 1, got {seeds}")
     if top_k < 1:
         raise LossearchError(f"--top must be at least 1, got {top_k}")
+    from analysis import metric_mode
+
     meta = read_meta(exp)
     metric = metric or meta["metric"]
-    mode = meta["mode"]
+    # the search's mode for its metric; another metric's own direction (loss*: min), as
+    # lossearch analyze ranks it
+    mode = metric_mode(metric, search_metric=meta["metric"], search_mode=meta["mode"])
     first = int(meta["base_config"].get("seed", 0))
     seed_list = list(range(first, first + seeds))
     runs = []

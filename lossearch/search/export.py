@@ -53,13 +53,15 @@ def best_configs(
     ``trials``: ``exp``'s trials frame when the caller has read it already
     (:func:`analysis.load_trials`; not modified), else it is read here.
     """
-    from analysis import load_trials
+    from analysis import load_trials, metric_mode
     from lossearch.experiment import check_mode, read_meta
     from lossearch.search.space import trial_to_config
 
     meta = read_meta(exp)
     metric = metric or meta["metric"]
-    mode = check_mode(mode or meta["mode"])
+    mode = check_mode(mode) if mode else metric_mode(
+        metric, search_metric=meta["metric"], search_mode=meta["mode"]
+    )
     df = load_trials([exp]) if trials is None else trials
     col = f"final.{metric}"
     if col not in df.columns:
@@ -116,23 +118,22 @@ def _write(entry: dict[str, Any], path: Path) -> None:
     path.write_text(header + yaml.safe_dump(entry["config"].to_dict(), sort_keys=False))
 
 
-def confirmed_winner(exp: str, mode: str | None = None) -> dict[str, Any] | None:
-    """The confirm stage's winner of ``exp`` as an export entry, or None without a verdict."""
+def confirmed_winner(exp: str) -> dict[str, Any] | None:
+    """The confirm stage's winner of ``exp`` as an export entry (the verdict's rank 1), or
+    None without a verdict."""
     import json
 
     import pandas as pd
 
     from lossearch.config import validate
-    from lossearch.experiment import check_mode, read_meta
     from lossearch.storage import join_uri
 
     verdict_path = Path(join_uri(exp, "confirm", "verdict.csv"))
     if "://" in exp or not verdict_path.is_file():
         return None
-    mode = check_mode(mode or read_meta(exp)["mode"])
     # Tune's trial ids are 8 hex digits: "01234567" or "8e123456" must stay text, not numbers
-    table = pd.read_csv(verdict_path, dtype={"config_id": str})
-    table = table.sort_values("mean", ascending=(mode == "min"))
+    # rank: the verdict's own (1 = best mean, in the confirm's direction)
+    table = pd.read_csv(verdict_path, dtype={"config_id": str}).sort_values(["rank", "mean"])
     if table.empty:
         return None
     top = table.iloc[0]
@@ -160,11 +161,11 @@ def pick_winner(
     trials: pd.DataFrame | None = None,
 ) -> dict[str, Any]:
     """What :func:`export_best` exports without ``per_loss``: the confirmed winner (an entry
-    with ``run_id``, the confirm run's folder name) when a verdict exists and no other
-    ``metric`` is asked for, else the search's best trial (a :func:`best_configs` entry, from
-    ``trials`` when given).
+    with ``run_id``, the confirm run's folder name) when a verdict exists and neither a
+    ``metric`` nor a ``mode`` is asked for, else the search's best trial by them (a
+    :func:`best_configs` entry, from ``trials`` when given).
     """
-    winner = None if metric else confirmed_winner(exp, mode)
+    winner = None if metric or mode else confirmed_winner(exp)
     return winner if winner is not None else best_configs(exp, metric, mode, trials=trials)[0]
 
 
@@ -179,8 +180,8 @@ def export_best(
 ) -> list[Path]:
     """Write the best config to ``out`` (or, with ``per_loss``, ``<stem>-<family>.yaml``).
 
-    The confirmed winner when a verdict exists (and neither ``per_loss`` nor another
-    ``metric`` is asked for), else the search's best by validation (from ``trials``, the
+    The confirmed winner when a verdict exists (and none of ``per_loss``, ``metric``, ``mode``
+    is asked for), else the search's best by validation (from ``trials``, the
     experiment's trials frame, when the caller has it; else it is read).
     """
     from lossearch.storage import check_local_target

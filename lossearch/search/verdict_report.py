@@ -20,8 +20,9 @@ def _fmt(value: Any, digits: int = 3) -> str:
     return f"{value:.{digits}f}" if isinstance(value, float) and math.isfinite(value) else "-"
 
 
-def finish_confirm(exp: str, metric: str) -> Any:
+def finish_confirm(exp: str, metric: str, mode: str = "max") -> Any:
     """Compute the verdict of ``exp``'s confirm, write ``EXP/confirm/verdict.csv``, print it.
+    ``mode``: the direction in which ``metric`` is better (the confirm plan's).
 
     Returns the verdict frame (see :func:`analysis.verdict`).
     """
@@ -31,7 +32,7 @@ def finish_confirm(exp: str, metric: str) -> Any:
     from analysis import format_delta, load_confirmed, verdict
     from analysis.verdict import BASELINE, CONTROL
 
-    table = verdict(load_confirmed([exp]), metric)
+    table = verdict(load_confirmed([exp]), metric, mode=mode)
     write_text(join_uri(exp, "confirm"), VERDICT_FILE, table.to_csv(index=False))
     path = join_uri(exp, "confirm", VERDICT_FILE)
     # intervals make wide rows: keep them on one line when the output is a pipe or a log
