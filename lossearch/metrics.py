@@ -76,6 +76,14 @@ MATH_METRICS: tuple[str, ...] = (
 """The reasoning metrics :func:`score` adds for ``math`` tasks, in report order."""
 
 
+def reported_metrics(kind: str) -> tuple[str, ...]:
+    """What each epoch of a run on a task of ``kind`` reports, beside each loss component's
+    ``loss.<name>``: the training ``loss``, ``tokens_per_s`` and the validation scores
+    (``exact_match``, and for ``math`` tasks :data:`MATH_METRICS`). A search optimises one of
+    these (or a ``loss.<name>`` of its loss)."""
+    return ("exact_match", *(MATH_METRICS if kind == "math" else ()), "loss", "tokens_per_s")
+
+
 # --- answers -------------------------------------------------------------------------------
 
 

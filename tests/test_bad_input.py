@@ -115,6 +115,10 @@ CASES: list[tuple[str, list[str], str]] = [
      "no_test.jsonl"),
     ("search-existing-name", ["search", "--space", str(QUICK), "--name", "existing", *SMALL],
      "already exists"),
+    ("search-unknown-metric", ["search", "--space", str(QUICK), "--metric", "exact_mach"],
+     "--metric 'exact_mach' is not reported"),
+    ("search-name-is-a-path", ["search", "--space", str(QUICK), "--name", "../outside"],
+     "--name must be a folder name"),
     # ---- resume / export / analyze on paths that are not (complete) experiments
     ("resume-not-an-experiment", ["resume", "not_an_experiment"], "not a lossearch experiment"),
     ("resume-no-tune-state", ["resume", "exps/existing"], "incomplete"),

@@ -66,14 +66,17 @@ def before_ray(monkeypatch: pytest.MonkeyPatch) -> None:
         ({"per_family": 0}, "--per-family must be at least 1"),
         ({"num_samples": 6}, r"--num-samples 6 does not match per_family 2 x 4 families = 8"),
         ({"per_family": 3, "num_samples": 8}, r"--num-samples 8 does not match per_family 3"),
-        ({"metric": ""}, "--metric must name a metric"),
+        ({"metric": ""}, "--metric '' is not reported"),
+        ({"metric": "seed0/exact_match"}, "--metric 'seed0/exact_match' is not reported: "
+         "trials of task arith report exact_match, formula_precision"),
+        ({"name": "a/b"}, r"--name must be a folder name \(no '/'\), got 'a/b'"),
     ],
 )
 def test_bad_counts_are_errors_before_ray(
     kwargs: dict[str, Any], message: str, before_ray: None, tmp_path: Path
 ) -> None:
     with pytest.raises(LossearchError, match=f"^{message}") as info:
-        driver.run_search(QUICK, storage=str(tmp_path), name="e", **kwargs)
+        driver.run_search(QUICK, storage=str(tmp_path), **{"name": "e", **kwargs})
     assert "\n" not in str(info.value)
     assert list(tmp_path.iterdir()) == []
 

@@ -146,8 +146,7 @@ def run_search(
     max_concurrent = _given(max_concurrent, settings["max_concurrent"], 2)
     scheduler = _given(scheduler, settings["scheduler"])
     metric = _given(metric, settings["metric"])
-    if not metric:
-        raise LossearchError("--metric must name a metric")
+    _check_metric(metric, base_cfg)
     mode = _given(mode, settings["mode"])
     if mode not in ("max", "min"):
         raise LossearchError(f"--mode must be max or min, got '{mode}'")
@@ -161,7 +160,8 @@ def run_search(
     if not is_uri(storage):
         storage = str(Path(storage).resolve())
     stem = Path(space).stem if isinstance(space, (str, Path)) else "space"
-    name = name or f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+    name = _given(name, f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}")
+    _check_name(name)
     exp_path = join_uri(storage, name)
     if _experiment_exists(exp_path):
         raise LossearchError(
@@ -229,6 +229,30 @@ def _apply_keep(exp_path: str, keep: str, announce: Callable[[str], None] | None
     line = after_search(exp_path, keep)
     if announce:
         announce(line)
+
+
+def _check_metric(metric: str | None, cfg: Any) -> None:
+    """``metric`` is one the trials of ``cfg``'s task report (:func:`reported_metrics`, or a
+    ``loss.<component>``); else one line, before anything runs (Tune found out only when the
+    first trial reported, with a traceback)."""
+    from lossearch.metrics import reported_metrics
+    from lossearch.search.trial_config import LOSS_FAMILIES
+    from lossearch.tasks import task_spec
+
+    known = reported_metrics(task_spec(cfg.task.name, cfg.task.answer_pattern).kind)
+    components = {f"loss.{c}" for c in LOSS_FAMILIES}
+    if metric in known or metric in components:
+        return
+    raise LossearchError(
+        f"--metric {metric!r} is not reported: trials of task {cfg.task.name} report "
+        f"{', '.join(known)} and loss.<component>"
+    )
+
+
+def _check_name(name: str) -> None:
+    """An experiment name is one folder name under the storage: not empty, no path."""
+    if not name.strip() or name in (".", "..") or any(c in name for c in "/\\"):
+        raise LossearchError(f"--name must be a folder name (no '/'), got {name!r}")
 
 
 def _given(value: Any, *defaults: Any) -> Any:
