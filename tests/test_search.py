@@ -84,6 +84,16 @@ def test_export_per_loss_writes_one_file_per_family(small_search, tmp_path):
         load_config(p)
 
 
+def test_export_out_expands_the_home_directory(small_search, tmp_path, monkeypatch):
+    """``--out=~/best.yaml`` (a shell leaves ``~`` after ``=`` as it is) writes into home,
+    not into a folder named ``~``."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    (path,) = export_best(str(small_search), out="~/best.yaml")
+    assert path == tmp_path / "home" / "best.yaml" and path.is_file()
+    assert not (tmp_path / "~").exists()
+
+
 def test_another_metric_is_ranked_in_its_own_direction(small_search):
     """The search maximised exact_match; export and confirm by ``loss`` pick the lowest loss
     (as ``lossearch analyze`` ranks it), not the highest under the search's mode."""

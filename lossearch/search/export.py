@@ -186,8 +186,7 @@ def export_best(
     """
     from lossearch.storage import check_local_target
 
-    out = Path(out)
-    check_local_target(out, "--out", kind="file")
+    out = check_local_target(out, "--out", kind="file")  # absolute, ~ expanded
     winner = None if per_loss else pick_winner(exp, metric, mode, trials=trials)
     if winner is not None and "run_id" in winner:
         out.parent.mkdir(parents=True, exist_ok=True)
