@@ -28,6 +28,7 @@ from pydantic import (
 )
 
 from lossearch.errors import LossearchError
+from lossearch.storage import absolute_path
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -126,17 +127,6 @@ class LoraConfig(_Section):
     # (lossearch.models.PAPER_LORA_TARGETS); all-linear: peft's every linear layer but the
     # output layer; or an explicit list of names
     target_modules: Literal["auto", "paper", "all-linear"] | list[str] = "auto"
-
-
-def absolute_path(path: str) -> str:
-    """``path`` with ``~`` expanded, made absolute against this process's working directory.
-
-    A config's local paths (data files, a model directory) are made absolute where it is
-    first validated, in the command's own process: trials and Ray Train workers run in other
-    working directories, where a relative path named nothing (every trial failed with "file
-    not found"). The experiment and exported configs then hold the absolute paths.
-    """
-    return os.path.abspath(os.path.expanduser(path))
 
 
 def looks_like_path(name: str) -> bool:

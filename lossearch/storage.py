@@ -18,6 +18,18 @@ def is_uri(path: str) -> bool:
     return "://" in path
 
 
+def absolute_path(path: str | os.PathLike[str]) -> str:
+    """A local ``path`` with ``~`` expanded, made absolute against this process's working
+    directory (symlinks kept).
+
+    Every local path a user gives (data files, a model directory, ``--storage``, an
+    experiment) is made absolute in the command's own process: trials and Ray Train workers
+    run in other working directories, where a relative path named nothing (every trial failed
+    with "file not found"), and a quoted or ``--opt=~/x`` path keeps its ``~``.
+    """
+    return os.path.abspath(os.path.expanduser(os.fspath(path)))
+
+
 def join_uri(base: str, *parts: str) -> str:
     """Join a local path or a URI with ``/``; a URI's ``?query`` stays at the end."""
     path, sep, query = base.partition("?") if is_uri(base) else (base, "", "")

@@ -6,6 +6,7 @@ function that fails the test, the second by one that records what the tuner woul
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -136,3 +137,18 @@ def test_per_family_searcher_gives_every_family_n(no_ray: dict[str, Any], tmp_pa
         searcher.on_trial_complete(f"t{i}", {"exact_match": 0.1, "training_iteration": 1})
     assert families[:4] == ["ce", "answer_ce", "focal", "lovasz"]  # the first points
     assert sorted(families) == sorted(["ce", "answer_ce", "focal", "lovasz"] * 3)
+
+
+def test_storage_with_a_tilde_is_the_home_directory(
+    before_ray: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--storage=~/exps`` (a shell leaves that ``~`` as it is) is ``$HOME/exps``, not a
+    folder named ``~`` in the working directory."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "home" / "exps" / "e").mkdir(parents=True)
+    (tmp_path / "home" / "exps" / "e" / "lossearch_search.yaml").write_text("{}\n")
+    home_exp = re.escape(str(tmp_path / "home" / "exps" / "e"))
+    with pytest.raises(LossearchError, match=f"experiment already exists: {home_exp} "):
+        driver.run_search(QUICK, storage="~/exps", name="e")
+    assert not (tmp_path / "~").exists()

@@ -36,7 +36,7 @@ from pydantic import BaseModel, ConfigDict
 
 from lossearch.errors import LossearchError
 from lossearch.experiment import confirm_path, read_meta
-from lossearch.storage import file_exists, is_uri, join_uri, read_text, write_text
+from lossearch.storage import absolute_path, file_exists, is_uri, join_uri, read_text, write_text
 
 PLAN_FILE = "confirm.yaml"
 RESULT_FILE = "result.json"
@@ -225,7 +225,7 @@ def confirm(
 
     check_counts(max_concurrent=max_concurrent)
     if not is_uri(exp):
-        exp = str(Path(exp).resolve())
+        exp = absolute_path(exp)
     new = plan(exp, seeds=seeds, top_k=top_k, metric=metric)
     root = confirm_path(exp)
     if file_exists(root, PLAN_FILE):

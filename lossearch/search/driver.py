@@ -19,7 +19,7 @@ from typing import Any
 
 from lossearch.errors import LossearchError
 from lossearch.experiment import SEARCH_FILE, read_meta, write_meta
-from lossearch.storage import is_uri, join_uri
+from lossearch.storage import absolute_path, is_uri, join_uri
 
 
 def _scheduler(kind: str, meta: dict[str, Any]) -> Any:
@@ -158,7 +158,7 @@ def run_search(
         )
     storage = storage or _default_storage()
     if not is_uri(storage):
-        storage = str(Path(storage).resolve())
+        storage = absolute_path(storage)
     stem = Path(space).stem if isinstance(space, (str, Path)) else "space"
     name = _given(name, f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}")
     _check_name(name)
@@ -349,7 +349,7 @@ def resume(
     from lossearch.search.trial import trainable
 
     if not is_uri(exp_path):
-        exp_path = str(Path(exp_path).resolve())
+        exp_path = absolute_path(exp_path)
         if not Path(exp_path).is_dir():
             raise LossearchError(f"experiment directory not found: {exp_path}")
     meta = read_meta(exp_path)

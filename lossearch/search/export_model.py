@@ -159,14 +159,14 @@ def export_model(
     """
     from lossearch.search.confirm import seed_metrics
     from lossearch.search.export import pick_winner, search_header
-    from lossearch.storage import is_uri
+    from lossearch.storage import absolute_path, is_uri
 
     if is_uri(exp):
         raise LossearchError(
             f"model export needs a local experiment directory, not {exp}: copy the experiment "
             "(e.g. aws s3 sync) and export from the copy"
         )
-    exp = str(Path(exp).resolve())
+    exp = absolute_path(exp)
     out = Path(out).expanduser().resolve()
     _check_out(out)
     winner = pick_winner(exp, metric, mode)

@@ -66,7 +66,7 @@ from lossearch.errors import LossearchError
 from lossearch.experiment import JOURNAL_FILE
 from lossearch.search.samplers import PerFamilySampler
 from lossearch.search.trial_config import FAMILY_KEY, GRID_KEY
-from lossearch.storage import is_uri, read_text, write_text
+from lossearch.storage import absolute_path, is_uri, read_text, write_text
 
 WARM_ATTR = "warm_start"
 
@@ -338,7 +338,7 @@ def _earlier(sp: Any, exp: str, metric: str, mode: str) -> dict[str, Any]:
 def _exp_path(exp: str) -> str:
     if is_uri(exp):
         return exp
-    path = Path(exp).resolve()
+    path = Path(absolute_path(exp))
     if not path.is_dir():
         raise LossearchError(f"--warm-start {exp}: not an experiment directory")
     return str(path)
