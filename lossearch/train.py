@@ -54,6 +54,7 @@ def train(
                              kind="dir")
     if out.exists() and any(out.iterdir()) and not (out / "config.yaml").exists():
         raise LossearchError(f"output directory is not empty and not a lossearch run: {out}")
+    _check_continues(out, cfg)
     if log_to and not in_process(cfg, address):
         raise LossearchError(
             "--log-to: tracking a multi-worker or cluster (--address) train run is not "
@@ -90,6 +91,33 @@ def train(
         shutil.copy2(record, out / record.name)
     (out / "metrics.jsonl").write_text("".join(json.dumps(h) + "\n" for h in history))
     return history[-1] if history else {}
+
+
+CONTINUE_MAY_CHANGE = frozenset({"optim.epochs"})
+"""What a run continued in its own directory may change: more (or fewer) epochs."""
+
+
+def _check_continues(out: Path, cfg: TrainConfig) -> None:
+    """A run directory that holds a run continues it from its last checkpoint: only with the
+    config it was trained with (:data:`CONTINUE_MAY_CHANGE` aside). Another config would
+    train its next epochs on top of the old ones and overwrite ``config.yaml``, a run no
+    config describes: one line instead, naming what differs."""
+    path = out / "config.yaml"
+    if not path.exists():
+        return
+    from lossearch.config import read_yaml, validate
+    from lossearch.tracking import flatten
+
+    old, new = flatten(validate(read_yaml(path)).to_dict()), flatten(cfg.to_dict())
+    changed = [k for k in sorted(old.keys() | new.keys())
+               if old.get(k) != new.get(k) and k not in CONTINUE_MAY_CHANGE]
+    if changed:
+        shown = ", ".join(f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in changed[:3])
+        more = f" and {len(changed) - 3} more" if len(changed) > 3 else ""
+        raise LossearchError(
+            f"--out {out} holds a run of another config ({shown}{more}): continue it with "
+            f"lossearch train --config {path} --out {out}, or name another --out"
+        )
 
 
 def in_process(cfg: TrainConfig, address: str | None) -> bool:

@@ -49,6 +49,10 @@ def _make_files(root: Path) -> None:
     (root / "ok.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     long_rows = [{"prompt": "a very long question " * 4 + str(i), "target": "1"} for i in range(40)]
     (root / "long.jsonl").write_text("".join(json.dumps(r) + "\n" for r in long_rows))
+    from lossearch.config import dump_config, load_config
+
+    (root / "oldrun").mkdir()  # a run of the default config (lr 3e-3) that later calls continue
+    dump_config(load_config(), root / "oldrun" / "config.yaml")
     (root / "not_an_experiment").mkdir()
     (root / "not_an_experiment" / "notes.txt").write_text("just a folder\n")
     exp = root / "exps" / "existing"
@@ -93,6 +97,8 @@ CASES: list[tuple[str, list[str], str]] = [
     ("train-tiny-with-lora", ["train", "model.lora.r=8", *SMALL], "not supported with the 'tiny'"),
     ("train-out-not-a-run", ["train", "--out", "not_an_experiment", *SMALL], "not a lossearch run"),
     ("train-out-is-a-file", ["train", "--out", "ok.jsonl", *SMALL], "--out ok.jsonl is a file"),
+    ("train-out-holds-another-run", ["train", "--out", "oldrun", "optim.lr=0.01"],
+     "holds a run of another config (optim.lr 0.003 -> 0.01)"),
     # ---- lossearch search (into exps/, where the pre-made experiment lives)
     ("search-malformed-yaml", ["search", "--space", "bad.yaml"], "malformed YAML"),
     ("search-empty-choice-list", ["search", "--space", "space_empty_choices.yaml"],
@@ -178,6 +184,7 @@ def outcomes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     root = tmp_path_factory.mktemp("bad_input")
     _make_files(root)
     before = _tree_hash(root / "exps")
+    old_run = _tree_hash(root / "oldrun")
 
     def run(case: tuple[str, list[str], str]) -> tuple[str, subprocess.CompletedProcess[str]]:
         t0 = time.monotonic()
@@ -193,6 +200,7 @@ def outcomes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         "exps_before": before,
         "exps_after": _tree_hash(root / "exps"),
         "exps_listing": sorted(p.name for p in (root / "exps").iterdir()),
+        "old_run_kept": _tree_hash(root / "oldrun") == old_run,
     }
 
 
@@ -212,3 +220,4 @@ def test_nothing_was_written(outcomes: dict) -> None:
     assert not (root / "runs").exists()  # lossearch train's default output
     assert not (root / "best.yaml").exists()
     assert sorted(os.listdir(root / "not_an_experiment")) == ["notes.txt"]
+    assert outcomes["old_run_kept"]  # its config.yaml, not overwritten by another config
