@@ -329,7 +329,10 @@ def one_line_warnings() -> None:
 
     python_format = warnings.formatwarning
 
-    def formatwarning(message, category, filename, lineno, line=None):  # type: ignore[no-untyped-def]
+    def formatwarning(
+        message: Warning | str, category: type[Warning], filename: str, lineno: int,
+        line: str | None = None,
+    ) -> str:
         if category.__module__.partition(".")[0] in ("lossearch", "analysis"):
             return f"warning: {message}\n"
         return python_format(message, category, filename, lineno, line)

@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal
+
+from lossearch.errors import LossearchError
 
 
 def is_uri(path: str) -> bool:
@@ -130,13 +133,11 @@ def remove_dir(folder: str, name: str) -> None:
     shutil.rmtree(Path(folder, name), ignore_errors=True)
 
 
-def check_local_target(path: str | Path, flag: str, *, kind: str) -> Path:
+def check_local_target(path: str | Path, flag: str, *, kind: Literal["file", "dir"]) -> Path:
     """``path`` (resolved) if a ``kind`` (``"file"`` or ``"dir"``) can be written there: it is
     absent or already a ``kind``, and its nearest existing ancestor is a directory. Else a
     one-line :class:`~lossearch.errors.LossearchError` naming ``flag`` (checked before
     anything is written, so a bad path damages nothing)."""
-    from lossearch.errors import LossearchError
-
     target = Path(path).expanduser().resolve()
     if target.exists() and target.is_dir() != (kind == "dir"):
         what = "a directory; name a file" if target.is_dir() else "a file, not a directory"
