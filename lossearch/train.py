@@ -103,7 +103,7 @@ def _check_continues(out: Path, cfg: TrainConfig) -> None:
     train its next epochs on top of the old ones and overwrite ``config.yaml``, a run no
     config describes: one line instead, naming what differs."""
     path = out / "config.yaml"
-    if not path.exists():
+    if not path.is_file():
         return
     from lossearch.config import read_yaml, validate
     from lossearch.tracking import flatten
