@@ -51,7 +51,7 @@ def _make_files(root: Path) -> None:
     (root / "long.jsonl").write_text("".join(json.dumps(r) + "\n" for r in long_rows))
     from lossearch.config import dump_config, load_config
 
-    (root / "oldrun").mkdir()  # a run of the default config (lr 3e-3) that later calls continue
+    (root / "oldrun").mkdir()  # a run of the default config (lr 3e-3): no other config continues it
     dump_config(load_config(), root / "oldrun" / "config.yaml")
     (root / "not_an_experiment").mkdir()
     (root / "not_an_experiment" / "notes.txt").write_text("just a folder\n")
