@@ -28,7 +28,8 @@ from pydantic import (
 )
 
 from lossearch.errors import LossearchError
-from lossearch.storage import absolute_path
+from lossearch.storage import absolute_path, is_uri
+from lossearch.tiny import TINY
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -81,7 +82,7 @@ class TaskConfig(_Section):
     @field_validator("data_dir", "train_file", "validation_file", "test_file")
     @classmethod
     def _absolute(cls, value: str | None) -> str | None:
-        return absolute_path(value) if value is not None and "://" not in value else value
+        return absolute_path(value) if value is not None and not is_uri(value) else value
 
     @model_validator(mode="before")
     @classmethod
@@ -146,7 +147,7 @@ class ModelConfig(_Section):
     @field_validator("name_or_path")
     @classmethod
     def _absolute(cls, value: str) -> str:
-        return absolute_path(value) if value != "tiny" and looks_like_path(value) else value
+        return absolute_path(value) if value != TINY and looks_like_path(value) else value
 
 
 class OptimConfig(_Section):

@@ -126,10 +126,10 @@ def confirmed_winner(exp: str) -> dict[str, Any] | None:
     import pandas as pd
 
     from lossearch.config import validate
-    from lossearch.storage import join_uri
+    from lossearch.storage import is_uri, join_uri
 
     verdict_path = Path(join_uri(exp, "confirm", "verdict.csv"))
-    if "://" in exp or not verdict_path.is_file():
+    if is_uri(exp) or not verdict_path.is_file():
         return None
     # Tune's trial ids are 8 hex digits: "01234567" or "8e123456" must stay text, not numbers
     # rank: the verdict's own (1 = best mean, in the confirm's direction)

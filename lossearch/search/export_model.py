@@ -39,16 +39,18 @@ MARKER = "lossearch.yaml"
 """The file every model export holds; a directory with it is an earlier export."""
 
 
-def _check_out(out: Path) -> None:
-    """``out`` is absent, an empty directory or an earlier export; else one-line error."""
+def _check_out(out: str | Path) -> Path:
+    """``out`` (absolute, ``~`` expanded) when it is absent, an empty directory or an earlier
+    export; else one-line error."""
     from lossearch.storage import check_local_target
 
-    check_local_target(out, "--model", kind="dir")
+    out = check_local_target(out, "--model", kind="dir")
     if out.exists() and any(out.iterdir()) and not _is_export(out):
         raise LossearchError(
             f"--model {out} is not empty and not an earlier model export (no {MARKER}); "
             "name a new or empty directory"
         )
+    return out
 
 
 def _is_export(path: Path) -> bool:
@@ -167,8 +169,7 @@ def export_model(
             "(e.g. aws s3 sync) and export from the copy"
         )
     exp = absolute_path(exp)
-    out = Path(out).expanduser().resolve()
-    _check_out(out)
+    out = _check_out(out)
     winner = pick_winner(exp, metric, mode)
     cfg = winner["config"]
     seed = int(cfg.seed)
