@@ -14,7 +14,9 @@ Ray's own default behaviour, which also works (slower or noisier).
 - :func:`quiet_incomplete_trials`: Tune's closing "Trials did not complete" error line;
 - :func:`tbx_callback_into`: Tune's TensorBoard logger writing where lossearch says;
 - :func:`optuna_study`, :func:`optuna_trial`, :func:`optuna_told`: what Tune's
-  ``OptunaSearch`` keeps of its study, for recording trials in a persistent one.
+  ``OptunaSearch`` keeps of its study, for recording trials in a persistent one;
+- :data:`SETUP_HOOK_ENV`: how a Ray worker is told its process setup hook;
+- :func:`tune_trials_in_job_env`: Tune's trial actors without a runtime env of their own.
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ from __future__ import annotations
 import logging
 import os
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 ENV = {
@@ -44,6 +47,14 @@ LOCAL_ENV = {
 }
 """Set before a local Ray starts (not when joining a cluster)."""
 
+TUNE_ACTOR_ENV = {
+    # Tune gives each trial actor this variable (for PyTorch Lightning) as a runtime env,
+    # which keeps the actor off Ray's idle workers; set for the whole local Ray, the actor
+    # needs none (tune_trials_in_job_env).
+    "PL_DISABLE_FORK": "1",
+}
+"""Tune's own variables for its trial actors; set before a local Ray starts."""
+
 # Train V2 default callbacks that start an actor per run and do nothing for lossearch:
 # - DatasetsCallback starts a DatasetManager to shard Ray Datasets; lossearch passes none
 #   (each worker reads its task itself).
@@ -59,9 +70,19 @@ UNUSED_TRAIN_CALLBACKS = frozenset({"DatasetsCallback", "PlacementGroupCleanerCa
 TRAIN_CONTEXT_MODULE = "ray.train.v2._internal.execution.context"
 
 
+SETUP_HOOK_ENV = "__RAY_WORKER_PROCESS_SETUP_HOOK_ENV_VAR"
+"""Ray's ``WORKER_PROCESS_SETUP_HOOK_ENV_VAR``: a Python worker started with it set imports
+and calls the function it names (``module.function``) after connecting, before it takes
+work (``default_worker.py``); ``runtime_env={"worker_process_setup_hook": ...}`` sets it
+through a runtime env, which would give every task and actor a non-default one. Set in the
+environment a local Ray starts with, it reaches the workers Ray starts with its node, which
+are the ones Tune's first trial actors can take (:mod:`lossearch.warm`)."""
+
+
 def use_train_env(local: bool = False) -> None:
-    """Set :data:`ENV` (and, for a local Ray, :data:`LOCAL_ENV`) where the user has not."""
-    for key, value in {**ENV, **(LOCAL_ENV if local else {})}.items():
+    """Set :data:`ENV` (and, for a local Ray, :data:`LOCAL_ENV` and :data:`TUNE_ACTOR_ENV`)
+    where the user has not."""
+    for key, value in {**ENV, **({**LOCAL_ENV, **TUNE_ACTOR_ENV} if local else {})}.items():
         os.environ.setdefault(key, value)
 
 
@@ -227,3 +248,47 @@ def optuna_trial(searcher: Any, trial_id: str) -> Any:
 def optuna_told(searcher: Any, trial_id: str) -> bool:
     """Whether an ``OptunaSearch`` has already told its study the result of ``trial_id``."""
     return trial_id in searcher._completed_trials
+
+
+@contextmanager
+def tune_trials_in_job_env(job_env: Mapping[str, str] | None) -> Iterator[None]:
+    """Within: Tune creates trial actors without its runtime env where it adds nothing.
+
+    Tune gives every trial actor ``runtime_env={"env_vars": ...}`` (``PL_DISABLE_FORK`` and
+    the driver's values of a list of Ray Train and AWS variables: ``_ActorClassCache``).
+    Ray runs an actor with a runtime env of its own only in a new worker process, never in
+    the idle ones it starts with the node, so every first trial paid a worker's start-up
+    and its imports (:mod:`lossearch.warm`). ``job_env`` is the environment the local Ray
+    was started with (None: not known, Tune's behaviour is kept); where each of Tune's
+    variables has the same value there, the workers already have them and the actor is
+    created without a runtime env. Otherwise, or if Tune's cache is not where it was, Ray's
+    own behaviour.
+    """
+    try:
+        from ray.tune.execution import class_cache
+    except ImportError:
+        yield
+        return
+    cache_cls = getattr(class_cache, "_ActorClassCache", None)
+    original = getattr(cache_cls, "get", None)
+    names = getattr(class_cache, "ENV_VARS_TO_PROPAGATE", None)
+    defaults = getattr(class_cache, "DEFAULT_ENV_VARS", None)
+    if job_env is None or original is None or names is None or defaults is None:
+        yield
+        return
+
+    def get(self: Any, trainable_cls: type) -> Any:
+        import ray
+
+        wanted = {**defaults, **{k: os.environ[k] for k in names if k in os.environ}}
+        if any(job_env.get(k) != v for k, v in wanted.items()):
+            return original(self, trainable_cls)
+        if trainable_cls not in self._cache:
+            self._cache[trainable_cls] = ray.remote(trainable_cls)
+        return self._cache[trainable_cls]
+
+    cache_cls.get = get
+    try:
+        yield
+    finally:
+        cache_cls.get = original

@@ -120,6 +120,21 @@ def build_trainer(
     )
 
 
+_LOCAL_RAY: dict[str, Any] = {}  # the local Ray this process started: its node id and env
+
+
+def local_ray_env() -> dict[str, str] | None:
+    """The environment the connected Ray's workers inherit, where this process started
+    that Ray (:func:`init_ray` without an address); else None."""
+    import ray
+
+    if not ray.is_initialized() or not _LOCAL_RAY:
+        return None
+    if ray.get_runtime_context().get_node_id() != _LOCAL_RAY["node"]:
+        return None
+    return _LOCAL_RAY["env"]
+
+
 def diverged_error(result: Any) -> str | None:
     """Why a finished ``trainer.fit()`` diverged (NaN/inf loss), or None if it did not."""
     value = getattr(result, "return_value", None)
@@ -149,11 +164,13 @@ def check_ray_address(address: str | None) -> None:
         ) from None
 
 
-def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
+def init_ray(address: str | None = None, num_cpus: int | None = None, warm: int = 0) -> None:
     """Join ``address`` (or ``RAY_ADDRESS``), else start a local Ray; no-op when connected.
 
     Ray's own INFO/WARNING chatter (worker-group start-up, state-API polling without a
-    dashboard) would drown the per-epoch progress lines: errors only, no dashboard.
+    dashboard) would drown the per-epoch progress lines: errors only, no dashboard. A local
+    Ray started here has its first ``warm`` Python workers import what a trial imports
+    (:mod:`lossearch.warm`), and its environment is kept for :func:`local_ray_env`.
     """
     import ray
 
@@ -175,7 +192,19 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
         except (ConnectionError, RuntimeError) as err:
             raise LossearchError(f"cannot reach Ray cluster at {address}: {err}") from None
     else:
-        ray.init(num_cpus=num_cpus, **kwargs)
+        from lossearch.warm import wait_for_claims, worker_env
+
+        env = worker_env(warm)
+        os.environ.update(env)  # the raylet, and through it each worker, inherits them
+        try:
+            ray.init(num_cpus=num_cpus, **kwargs)
+            _LOCAL_RAY.update(
+                node=ray.get_runtime_context().get_node_id(), env=dict(os.environ)
+            )
+        finally:
+            for key in env:
+                os.environ.pop(key, None)
+        wait_for_claims(env)
     if keep_handlers:
         for signum in STOP_SIGNALS:
             signal.signal(signum, on_stop_signal)

@@ -217,3 +217,47 @@ def test_analysis_leaves_out_every_key_tune_adds_to_a_result():
     from analysis.tune_files import TUNE_KEYS
 
     assert set(AUTO_RESULT_KEYS) <= TUNE_KEYS, sorted(set(AUTO_RESULT_KEYS) - TUNE_KEYS)
+
+
+def test_ray_workers_still_run_the_setup_hook_named_by_the_environment():
+    import inspect
+
+    from ray._private import ray_constants
+    from ray._private.workers import default_worker
+
+    from lossearch.ray_internals import SETUP_HOOK_ENV
+
+    assert ray_constants.WORKER_PROCESS_SETUP_HOOK_ENV_VAR == SETUP_HOOK_ENV
+    assert "WORKER_PROCESS_SETUP_HOOK_ENV_VAR" in inspect.getsource(default_worker)
+
+
+def test_tune_trial_actors_drop_tunes_runtime_env_only_where_the_job_has_its_values(
+    monkeypatch,
+):
+    from ray.tune.execution.class_cache import (
+        DEFAULT_ENV_VARS,
+        ENV_VARS_TO_PROPAGATE,
+        _ActorClassCache,
+    )
+
+    from lossearch.ray_internals import TUNE_ACTOR_ENV, tune_trials_in_job_env
+
+    assert DEFAULT_ENV_VARS.items() <= TUNE_ACTOR_ENV.items()  # a local Ray has Tune's own
+
+    class Trainable:
+        pass
+
+    def runtime_env(job_env):
+        with tune_trials_in_job_env(job_env):
+            remote = _ActorClassCache().get(Trainable)
+        return remote._default_options.get("runtime_env")
+
+    for name in ENV_VARS_TO_PROPAGATE:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("RAY_TRAIN_V2_ENABLED", "1")  # one of the variables Tune passes on
+    job = {"PL_DISABLE_FORK": "1", "RAY_TRAIN_V2_ENABLED": "1"}
+    assert runtime_env(job) is None
+    other = runtime_env({**job, "RAY_TRAIN_V2_ENABLED": "0"})  # the workers have another
+    assert other["env_vars"]["RAY_TRAIN_V2_ENABLED"] == "1"
+    assert runtime_env(None)["env_vars"]["PL_DISABLE_FORK"] == "1"  # not lossearch's Ray
+    assert _ActorClassCache.get.__module__.startswith("ray.")  # restored on leaving

@@ -36,7 +36,7 @@ def no_ray(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
         seen.update(sp=sp, meta=meta)
         return _Tuner()
 
-    monkeypatch.setattr(driver, "_local_ray", lambda address: None)
+    monkeypatch.setattr(driver, "_local_ray", lambda address, warm: None)
     monkeypatch.setattr(driver, "_build_tuner", build)
     return seen
 

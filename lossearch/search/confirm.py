@@ -221,7 +221,7 @@ def confirm(
     from lossearch.config import validate_as
     from lossearch.preflight import preflight
     from lossearch.ray_train import check_ray_address
-    from lossearch.search.driver import _fit, check_counts
+    from lossearch.search.driver import _fit, check_counts, warm_workers
 
     check_counts(max_concurrent=max_concurrent)
     if not is_uri(exp):
@@ -267,6 +267,7 @@ def confirm(
             resume_hint=f"continue with: lossearch confirm {exp} --seeds {len(new.seeds)} "
             f"--top {new.top_k}",
             unit="confirm run",
+            warm=warm_workers(meta["base_config"], concurrent),
         )
     missing = [r.id for r in new.runs if not file_exists(join_uri(runs_path, r.id), RESULT_FILE)]
     if missing:

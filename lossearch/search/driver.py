@@ -41,12 +41,20 @@ def _scheduler(kind: str, meta: dict[str, Any]) -> Any:
     )
 
 
-def _local_ray(address: str | None) -> None:
+def _local_ray(address: str | None, warm: int) -> None:
     from lossearch.ray_train import init_ray
 
     # The trial function holds 0.01 CPU besides its workers: give local Ray one spare CPU
     # so that K single-CPU trainings can run side by side on K cores.
-    init_ray(address, num_cpus=None if address else (os.cpu_count() or 1) + 1)
+    init_ray(address, num_cpus=None if address else (os.cpu_count() or 1) + 1, warm=warm)
+
+
+def warm_workers(config: dict[str, Any], max_concurrent: int) -> int:
+    """How many of a local Ray's first workers import torch and transformers at start-up
+    (:mod:`lossearch.warm`): one per concurrent trial that trains in its own process."""
+    from lossearch.search.trial import in_trial_process
+
+    return int(max_concurrent) if in_trial_process(config) else 0
 
 
 def _experiment_exists(exp_path: str) -> bool:
@@ -217,7 +225,8 @@ def run_search(
             announce(f"{key} fixed at {value} by the command line; removed from the search space")
         announce(f"experiment: {exp_path}")
     _fit(exp_path, address,
-         lambda: _build_tuner(sp, meta, storage, name, exp_path, verbose, log_to))
+         lambda: _build_tuner(sp, meta, storage, name, exp_path, verbose, log_to),
+         warm=warm_workers(meta["base_config"], meta["max_concurrent"]))
     _apply_keep(exp_path, keep, announce)
     return exp_path
 
@@ -368,7 +377,8 @@ def resume(
         sp = load_space(meta["space"], meta["overrides"])
         storage, name = _split_exp_path(exp_path)
         _fit(exp_path, address,
-             lambda: _build_tuner(sp, meta, storage, name, exp_path, verbose))
+             lambda: _build_tuner(sp, meta, storage, name, exp_path, verbose),
+             warm=warm_workers(meta["base_config"], meta["max_concurrent"]))
         _apply_keep(exp_path, meta["keep"], announce)
         return exp_path
     from lossearch.search.progress import resume_view
@@ -385,6 +395,7 @@ def resume(
             resume_unfinished=True,
             resume_errored=False,
         ),
+        warm=warm_workers(meta["base_config"], meta["max_concurrent"]),
     )
     _apply_keep(exp_path, meta["keep"], announce)
     return exp_path
@@ -396,8 +407,13 @@ def _fit(
     make_tuner: Callable[[], Any],
     resume_hint: str | None = None,
     unit: str = "trial",
+    warm: int = 0,
 ) -> None:
     """Start Ray and run the tuner ``make_tuner()`` builds; a stop signal stops it gracefully.
+
+    A local Ray started here has ``warm`` workers import what a trial imports
+    (:func:`warm_workers`), and Tune's trial actors take Ray's idle workers
+    (:func:`lossearch.ray_internals.tune_trials_in_job_env`).
 
     With the ``lossearch`` command's signal handling (:func:`lossearch.interrupt.
     catch_stop_signals`), SIGINT or SIGTERM ends the run with
@@ -411,7 +427,8 @@ def _fit(
         graceful_stop,
         interrupted,
     )
-    from lossearch.ray_internals import stop_tune
+    from lossearch.ray_internals import stop_tune, tune_trials_in_job_env
+    from lossearch.ray_train import local_ray_env
 
     resume_hint = resume_hint or f"resume with: lossearch resume {exp_path}"
     disabled = os.environ.get("TUNE_DISABLE_SIGINT_HANDLER")
@@ -419,9 +436,9 @@ def _fit(
         # Tune's own SIGINT handler would replace lossearch's; its SIGUSR1 one stays
         os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
     try:
-        _local_ray(address)
+        _local_ray(address, warm)
         tuner = make_tuner()
-        with graceful_stop(stop_tune) as stop:
+        with graceful_stop(stop_tune) as stop, tune_trials_in_job_env(local_ray_env()):
             grid = tuner.fit()
     except KeyboardInterrupt:  # before Tune listens, or a second signal
         raise interrupted(resume_hint) from None

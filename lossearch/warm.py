@@ -1,0 +1,98 @@
+"""Ray worker processes that import torch and transformers before a trial needs them.
+
+A search's first trials each run in a new Ray worker process, which pays ~5 s of CPU for
+its imports (torch, transformers' model stack, :mod:`lossearch.fit`) before it trains: two
+such processes at once on 2 cores were most of what a 50-step search lost against a plain
+loop (issue 16). A local Ray starts a few idle Python workers with its node, seconds before
+Tune asks for its first trial actors; when they do those imports at start-up, in parallel
+with the driver's own start, the first trials start warm.
+
+:func:`worker_env` gives the environment a local Ray is started with: Ray runs
+:func:`import_for_trials` in each of its Python workers at start-up (a worker process setup
+hook, passed the way Ray's runtime env passes one: :data:`lossearch.ray_internals.
+SETUP_HOOK_ENV`). Only the first ``k`` workers (``k`` = the search's concurrent trials)
+import; the others return at once, so a machine with many cores does not hold torch in every
+idle worker. For those workers to be the trial actors' processes, the actors must not carry
+a runtime env of their own (:func:`lossearch.ray_internals.tune_trials_in_job_env`).
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import shutil
+import tempfile
+import time
+
+SLOTS_ENV = "LOSSEARCH_WARM_SLOTS"
+"""``<folder>:<k>``: the folder where workers claim one of ``k`` slots by creating a file."""
+
+HOOK = "lossearch.warm.import_for_trials"
+
+KEEP_IDLE_WORKERS = {"RAY_idle_worker_killing_time_threshold_ms": "10000"}
+"""Ray's raylet ends an idle worker beyond the node's free CPUs after 1 s idle, those never
+used first. Once Tune has reserved the first trials' CPUs, that is a warm worker still
+importing, before the trial actor takes it (seen on a loaded 2-core machine: the trial then
+started in a new, cold worker). 10 s covers the imports; other idle workers also linger
+up to 10 s."""
+
+
+def worker_env(k: int) -> dict[str, str]:
+    """Environment variables that make a local Ray's first ``k`` Python workers import what
+    a trial imports; empty for ``k < 1``. The slot folder is new, and removed when this
+    process exits (a worker that starts later then claims none)."""
+    from lossearch.ray_internals import SETUP_HOOK_ENV
+
+    if k < 1:
+        return {}
+    folder = tempfile.mkdtemp(prefix="lossearch-warm-")
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return {SETUP_HOOK_ENV: HOOK, SLOTS_ENV: f"{folder}:{k}", **KEEP_IDLE_WORKERS}
+
+
+def claim_slot(spec: str) -> bool:
+    """Whether this process claimed one of the ``k`` slots of ``spec`` (``<folder>:<k>``);
+    each slot is claimed once, by an exclusive create of ``<folder>/<slot>``."""
+    folder, _, k = spec.rpartition(":")
+    if not folder or not k.isdigit():
+        return False
+    for slot in range(int(k)):
+        try:
+            fd = os.open(os.path.join(folder, str(slot)), os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            continue
+        except OSError:  # the folder is gone: the session that made it has ended
+            return False
+        os.write(fd, str(os.getpid()).encode())
+        os.close(fd)
+        return True
+    return False
+
+
+def wait_for_claims(env: dict[str, str], timeout_s: float = 10.0) -> int:
+    """Wait until the ``k`` slots of :func:`worker_env`'s ``env`` are claimed, at most
+    ``timeout_s``; returns how many are. A worker claims its slot in its setup hook, which
+    Ray runs once the worker has registered with its node: from then on Ray can give it to
+    an actor. Asked for earlier, Ray starts new (cold) workers for Tune's first trials."""
+    spec = env.get(SLOTS_ENV, "")
+    folder, _, k = spec.rpartition(":")
+    if not folder or not k.isdigit():
+        return 0
+    deadline = time.monotonic() + timeout_s
+    while True:
+        claimed = len(os.listdir(folder)) if os.path.isdir(folder) else 0
+        if claimed >= int(k) or time.monotonic() > deadline:
+            return claimed
+        time.sleep(0.05)
+
+
+def import_for_trials() -> None:
+    """Ray worker setup hook: in a worker that claims a slot, import torch, transformers'
+    model stack and :mod:`lossearch.fit`. Never raises (Ray ends a worker whose hook does)."""
+    spec = os.environ.get(SLOTS_ENV, "")
+    try:
+        if spec and claim_slot(spec):
+            import lossearch.fit  # noqa: F401  (torch)
+            import lossearch.models  # noqa: F401  (transformers' model classes)
+    except Exception:  # noqa: BLE001  (the trial imports again and reports any error itself)
+        pass

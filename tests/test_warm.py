@@ -1,0 +1,74 @@
+"""Warm Ray workers (lossearch.warm): a search's first trials start in processes that have
+imported torch and transformers already."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from lossearch.warm import SLOTS_ENV, claim_slot, import_for_trials, wait_for_claims, worker_env
+
+
+def test_each_of_k_slots_is_claimed_once(tmp_path):
+    spec = f"{tmp_path}:2"
+    assert [claim_slot(spec) for _ in range(3)] == [True, True, False]
+    assert sorted(os.listdir(tmp_path)) == ["0", "1"]
+    assert (tmp_path / "0").read_text() == str(os.getpid())
+    assert wait_for_claims({SLOTS_ENV: spec}, timeout_s=0) == 2
+
+
+def test_no_slot_once_the_folder_is_gone_and_the_hook_never_raises(tmp_path, monkeypatch):
+    spec = f"{tmp_path / 'gone'}:2"
+    assert not claim_slot(spec)
+    assert not claim_slot("no-count")
+    monkeypatch.setenv(SLOTS_ENV, spec)
+    import_for_trials()  # nothing to claim: returns without importing or raising
+    assert worker_env(0) == {}
+
+
+# A fresh process: lossearch starts its own local Ray (a Ray started by another test would
+# have no warm workers). Two trials of one epoch, side by side.
+SEARCH = textwrap.dedent(
+    """
+    import glob, json, os, sys
+    from lossearch.ray_train import _LOCAL_RAY, init_ray
+    from lossearch.search.driver import run_search
+    from lossearch.warm import SLOTS_ENV
+
+    init_ray(None, num_cpus=3, warm=2)
+    folder = _LOCAL_RAY["env"][SLOTS_ENV].rpartition(":")[0]
+    warm = sorted(int(open(os.path.join(folder, f)).read()) for f in os.listdir(folder))
+    space = json.loads(sys.argv[1])
+    exp = run_search(space, max_concurrent=2, scheduler="fifo", storage=sys.argv[2],
+                     name="warm", verbose=0)
+    rows = [json.loads(line) for f in glob.glob(exp + "/*/result.json") for line in open(f)]
+    print(json.dumps({"warm": warm, "trials": sorted({r["pid"] for r in rows})}))
+    """
+)
+
+
+@pytest.mark.xdist_group("test_warm")
+def test_the_first_trials_run_in_the_warm_workers(tmp_path):
+    from conftest import EASY_BASE
+
+    base = {**EASY_BASE, "task": {**EASY_BASE["task"], "arith_train_size": 320},
+            "optim": {**EASY_BASE["optim"], "epochs": 1}}
+    space = {
+        "base": base,
+        "search": {"sampler": "grid", "seed": 0, "scheduler": "fifo", "metric": "exact_match",
+                   "mode": "max"},
+        "grid": [{"loss.family": "ce"}, {"loss.family": "focal", "loss.ce.weight": 0.6}],
+    }
+    out = subprocess.run(
+        [sys.executable, "-c", SEARCH, json.dumps(space), str(tmp_path)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    pids = json.loads(out.stdout.strip().splitlines()[-1])
+    assert len(pids["warm"]) == 2  # Ray ran the setup hook in the two workers it started with
+    assert pids["trials"] == pids["warm"]  # and Tune's trial actors took those workers
