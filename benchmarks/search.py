@@ -33,8 +33,10 @@ Tune's own work). Issue 16's targets, printed as verdicts:
 * per-training overhead of the search over the plain loop (amortized) <= 3 s;
 * the 2-concurrent search <= 0.6x the 4 plain trainings in a row.
 
-Full mode repeats the three in the order search, sequential, plain, plain, sequential,
-search and takes medians. ``--steps N`` sets the steps per epoch of every
+A fourth variant, the same search in a Ray started without warm workers (``warm=0``; the
+trial actors still take Ray's idle workers), shows what the warm workers' imports save.
+Full mode repeats the four in the order search, no-warm search, sequential, plain, then the
+reverse, and takes medians. ``--steps N`` sets the steps per epoch of every
 training (default 50, quick 15), to see the ratios at your own trial length.
 
     .venv/bin/python benchmarks/search.py                # full, ~10 minutes on 2 cores
@@ -146,12 +148,13 @@ def trial_reports(exp_path: str, t0: float) -> list[dict[str, Any]]:
 
 
 def run_search_timed(
-    space: dict[str, Any], storage: Path, name: str
+    space: dict[str, Any], storage: Path, name: str, warm: bool = True
 ) -> tuple[float, float, str, float]:
     """One search in a Ray of its own, started as ``run_search`` starts one (cores + 1 CPUs,
-    one warm worker per concurrent trial): the seconds to start Ray (until its warm workers
-    have registered), the seconds of ``run_search``, the experiment, and ``run_search``'s
-    start (a ``time.time()``). Ray is shut down after, so every round starts the same way."""
+    one warm worker per concurrent trial; none if not ``warm``): the seconds to start Ray
+    (until its warm workers have registered), the seconds of ``run_search``, the experiment,
+    and ``run_search``'s start (a ``time.time()``). Ray is shut down after, so every round
+    starts the same way."""
     import ray
 
     from lossearch.ray_train import init_ray
@@ -161,7 +164,7 @@ def run_search_timed(
     init_ray(
         None,
         num_cpus=(os.cpu_count() or 1) + 1,
-        warm=warm_workers(space["base"], space["search"]["max_concurrent"]),
+        warm=warm_workers(space["base"], space["search"]["max_concurrent"]) if warm else 0,
     )
     t1 = time.time()
     try:
@@ -198,14 +201,21 @@ def run_each(kind: str, cfgs: list[Any], work: Path) -> dict[str, float]:
 def run_round(
     i: int, space: dict[str, Any], cfgs: list[Any], work: Path, results: dict[str, list[Any]]
 ) -> None:
-    """One round: search, sequential, plain (reversed in odd rounds), appended to ``results``."""
-    order = ["search", "sequential", "plain"]
+    """One round: search, the search without warm workers, sequential, plain (reversed in
+    odd rounds), appended to ``results``."""
+    order = ["search", "cold", "sequential", "plain"]
     for kind in order if i % 2 == 0 else order[::-1]:
         print(f"round {i}: {kind}", flush=True)
-        if kind != "search":
+        if kind in ("sequential", "plain"):
             results[kind].append(run_each(kind, cfgs, work / f"{kind}{i}"))
             continue
-        t_init, wall, exp, t0 = run_search_timed(space, work / "experiments", f"search{i}")
+        t_init, wall, exp, t0 = run_search_timed(
+            space, work / "experiments", f"{kind}{i}", warm=kind == "search"
+        )
+        if kind == "cold":
+            results["cold"].append(wall)
+            print(f"  search without warm workers: {wall:.1f} s", flush=True)
+            continue
         reports = trial_reports(exp, t0)
         results["search"].append(wall)
         results["init"].append(t_init)
@@ -253,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     cfgs = configs(space)
     work = Path(tempfile.mkdtemp(prefix="lossearch-bench-search-"))
     results: dict[str, list[Any]] = {
-        "search": [], "init": [], "sequential": [], "plain": [], "trials": []
+        "search": [], "init": [], "cold": [], "sequential": [], "plain": [], "trials": []
     }
     try:
         for i in range(rounds):
@@ -264,6 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     med = statistics.median
     search = med(results["search"])
     t_init = med(results["init"])
+    cold = med(results["cold"])
     with_init = med([w + i for w, i in zip(results["search"], results["init"], strict=True)])
     seq = med([sum(t.values()) for t in results["sequential"]])
     plain = med([sum(t.values()) for t in results["plain"]])
@@ -297,6 +308,12 @@ def main(argv: list[str] | None = None) -> int:
                 f"{with_init:.1f}",
                 f"{with_init / plain:.3f}x",
                 f"{with_init / seq:.3f}x",
+            ],
+            [
+                "  the same without warm workers",
+                f"{cold:.1f}",
+                f"{cold / plain:.3f}x",
+                f"{cold / seq:.3f}x",
             ],
             [f"plain loop, {n} in a row, no Ray", f"{plain:.1f}", "1.000x", f"{plain / seq:.3f}x"],
             [

@@ -186,13 +186,14 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, warm: int 
         "logging_config": ray.LoggingConfig(log_level="ERROR"),
     }
     keep_handlers = catching_stop_signals()  # ray.init replaces the SIGTERM handler
+    env: dict[str, str] = {}
     if address:
         try:
             ray.init(address=address, **kwargs)
         except (ConnectionError, RuntimeError) as err:
             raise LossearchError(f"cannot reach Ray cluster at {address}: {err}") from None
     else:
-        from lossearch.warm import wait_for_claims, worker_env
+        from lossearch.warm import worker_env
 
         env = worker_env(warm)
         os.environ.update(env)  # the raylet, and through it each worker, inherits them
@@ -204,7 +205,10 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, warm: int 
         finally:
             for key in env:
                 os.environ.pop(key, None)
-        wait_for_claims(env)
     if keep_handlers:
         for signum in STOP_SIGNALS:
             signal.signal(signum, on_stop_signal)
+    if env:
+        from lossearch.warm import wait_for_claims
+
+        wait_for_claims(env)
