@@ -69,7 +69,7 @@ def claim_slot(spec: str) -> bool:
     return False
 
 
-def wait_for_claims(env: dict[str, str], timeout_s: float = 10.0) -> int:
+def wait_for_claims(env: dict[str, str], timeout_s: float = 5.0) -> int:
     """Wait until the ``k`` slots of :func:`worker_env`'s ``env`` are claimed, at most
     ``timeout_s``; returns how many are. A worker claims its slot in its setup hook, which
     Ray runs once the worker has registered with its node: from then on Ray can give it to

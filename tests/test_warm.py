@@ -72,3 +72,12 @@ def test_the_first_trials_run_in_the_warm_workers(tmp_path):
     pids = json.loads(out.stdout.strip().splitlines()[-1])
     assert len(pids["warm"]) == 2  # Ray ran the setup hook in the two workers it started with
     assert pids["trials"] == pids["warm"]  # and Tune's trial actors took those workers
+
+
+def test_one_warm_worker_per_concurrent_in_process_trial_at_most_one_per_core():
+    from lossearch.search.driver import warm_workers
+
+    one, two = ({"scaling": {"num_workers": n}} for n in (1, 2))
+    assert warm_workers(one, 1) == 1
+    assert warm_workers(one, 10_000) == os.cpu_count()  # Ray starts one idle worker per core
+    assert warm_workers(two, 2) == 0  # a Ray Train run's trial only waits on its workers

@@ -51,10 +51,14 @@ def _local_ray(address: str | None, warm: int) -> None:
 
 def warm_workers(config: dict[str, Any], max_concurrent: int) -> int:
     """How many of a local Ray's first workers import torch and transformers at start-up
-    (:mod:`lossearch.warm`): one per concurrent trial that trains in its own process."""
+    (:mod:`lossearch.warm`): one per concurrent trial that trains in its own process, at
+    most one per core (a local Ray starts one idle worker per core; the driver waits for
+    the warm ones to register)."""
     from lossearch.search.trial import in_trial_process
 
-    return int(max_concurrent) if in_trial_process(config) else 0
+    if not in_trial_process(config):
+        return 0
+    return min(int(max_concurrent), os.cpu_count() or 1)
 
 
 def _experiment_exists(exp_path: str) -> bool:
