@@ -50,13 +50,21 @@ def worker_env(k: int) -> dict[str, str]:
     return {SETUP_HOOK_ENV: HOOK, SLOTS_ENV: f"{folder}:{k}", **KEEP_IDLE_WORKERS}
 
 
+def parse_slots(spec: str) -> tuple[str, int] | None:
+    """The folder and slot count ``k`` of a :data:`SLOTS_ENV` value (``<folder>:<k>``), or
+    None for a malformed one."""
+    folder, _, k = spec.rpartition(":")
+    return (folder, int(k)) if folder and k.isdigit() else None
+
+
 def claim_slot(spec: str) -> bool:
     """Whether this process claimed one of the ``k`` slots of ``spec`` (``<folder>:<k>``);
     each slot is claimed once, by an exclusive create of ``<folder>/<slot>``."""
-    folder, _, k = spec.rpartition(":")
-    if not folder or not k.isdigit():
+    slots = parse_slots(spec)
+    if slots is None:
         return False
-    for slot in range(int(k)):
+    folder, k = slots
+    for slot in range(k):
         try:
             fd = os.open(os.path.join(folder, str(slot)), os.O_CREAT | os.O_EXCL | os.O_WRONLY)
         except FileExistsError:
@@ -74,14 +82,14 @@ def wait_for_claims(env: dict[str, str], timeout_s: float = 5.0) -> int:
     ``timeout_s``; returns how many are. A worker claims its slot in its setup hook, which
     Ray runs once the worker has registered with its node: from then on Ray can give it to
     an actor. Asked for earlier, Ray starts new (cold) workers for Tune's first trials."""
-    spec = env.get(SLOTS_ENV, "")
-    folder, _, k = spec.rpartition(":")
-    if not folder or not k.isdigit():
+    slots = parse_slots(env.get(SLOTS_ENV, ""))
+    if slots is None:
         return 0
+    folder, k = slots
     deadline = time.monotonic() + timeout_s
     while True:
         claimed = len(os.listdir(folder)) if os.path.isdir(folder) else 0
-        if claimed >= int(k) or time.monotonic() > deadline:
+        if claimed >= k or time.monotonic() > deadline:
             return claimed
         time.sleep(0.05)
 

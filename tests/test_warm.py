@@ -38,10 +38,10 @@ SEARCH = textwrap.dedent(
     import glob, json, os, sys
     from lossearch.ray_train import _LOCAL_RAY, init_ray
     from lossearch.search.driver import run_search
-    from lossearch.warm import SLOTS_ENV
+    from lossearch.warm import SLOTS_ENV, parse_slots
 
     init_ray(None, num_cpus=3, warm=min(2, os.cpu_count()))  # Ray starts one per core
-    folder = _LOCAL_RAY["env"][SLOTS_ENV].rpartition(":")[0]
+    folder, _ = parse_slots(_LOCAL_RAY["env"][SLOTS_ENV])
     warm = sorted(int(open(os.path.join(folder, f)).read()) for f in os.listdir(folder))
     space = json.loads(sys.argv[1])
     exp = run_search(space, max_concurrent=2, scheduler="fifo", storage=sys.argv[2],
