@@ -35,7 +35,8 @@ from pydantic import (
 )
 
 from analysis.location import Location
-from analysis.records import flatten, is_number
+from analysis.records import is_number
+from lossearch.config import flatten
 from lossearch.errors import LossearchError
 
 #: Ray Tune's file names in an experiment directory and in each trial's directory.

@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -270,6 +271,19 @@ def set_path(tree: dict[str, Any], path: list[str], value: Any) -> None:
                 raise LossearchError(f"override '{'.'.join(path)}': '{part}' is not a section")
         node = child
     node[path[-1]] = value
+
+
+def flatten(tree: Mapping[str, Any], sep: str = ".") -> dict[str, Any]:
+    """Nested mappings as one level of joined keys: ``{"optim": {"lr": 1e-3}}`` ->
+    ``{"optim.lr": 1e-3}`` (``sep`` joins the parts). Everything else (lists too) is a leaf;
+    an empty nested mapping contributes no key."""
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, Mapping):
+            out.update({f"{key}{sep}{k}": v for k, v in flatten(value, sep).items()})
+        else:
+            out[str(key)] = value
+    return out
 
 
 def apply_overrides(tree: dict[str, Any], overrides: list[str] | dict[str, Any]) -> dict[str, Any]:

@@ -26,6 +26,7 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
+from lossearch.config import flatten
 from lossearch.errors import LossearchError
 from lossearch.experiment import TRACKING_DIR
 from lossearch.storage import is_uri
@@ -124,17 +125,6 @@ def _tensorboard_callback(logdir: Path) -> Any:
 
 
 # --------------------------------------------------------------------------- lossearch train
-
-
-def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"optim": {"lr": 1e-3}}`` → ``{"optim.lr": 1e-3}``."""
-    out: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, Mapping):
-            out.update(flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
 
 
 def numbers(metrics: Mapping[str, Any]) -> dict[str, float]:

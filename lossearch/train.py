@@ -105,8 +105,7 @@ def _check_continues(out: Path, cfg: TrainConfig) -> None:
     path = out / "config.yaml"
     if not path.is_file():
         return
-    from lossearch.config import read_yaml, validate
-    from lossearch.tracking import flatten
+    from lossearch.config import flatten, read_yaml, validate
 
     old, new = flatten(validate(read_yaml(path)).to_dict()), flatten(cfg.to_dict())
     changed = [k for k in sorted(old.keys() | new.keys())

@@ -8,7 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from lossearch.config import apply_overrides, dump_config, load_config, read_yaml, validate
+from lossearch.config import (
+    apply_overrides,
+    dump_config,
+    flatten,
+    load_config,
+    read_yaml,
+    validate,
+)
 from lossearch.errors import LossearchError
 from tests.procs import REPO
 
@@ -67,6 +74,14 @@ def test_malformed_and_missing_yaml(tmp_path):
         read_yaml(bad)
     with pytest.raises(LossearchError, match="file not found"):
         read_yaml(tmp_path / "nope.yaml")
+
+
+def test_flatten_joins_nested_keys_and_inverts_overrides():
+    tree = {"optim": {"lr": 1e-3, "betas": [0.9, 0.99]}, "name": "x", "lora": {}}
+    assert flatten(tree) == {"optim.lr": 1e-3, "optim.betas": [0.9, 0.99], "name": "x"}
+    assert flatten({"a": {"b": {"c": 1}}}, sep="/") == {"a/b/c": 1}
+    cfg = validate({"optim": {"lr": 3e-4}})
+    assert apply_overrides({}, flatten(cfg.to_dict())) == cfg.to_dict()
 
 
 def test_override_scalar_loss_weight_becomes_section():

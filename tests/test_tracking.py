@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from lossearch.errors import LossearchError
-from lossearch.tracking import TRACKERS, check_destination, flatten, numbers, parse_log_to
+from lossearch.tracking import TRACKERS, check_destination, numbers, parse_log_to
 from tests.procs import error_line, run_cli
 
 LINE = re.compile(r"^trial (\d)/2 (ce lr=5e-3|focal w_ce=0\.6 γ=2 lr=3e-3) → "
@@ -68,10 +68,8 @@ def test_trackers_need_local_storage_except_mlflow_with_its_own_uri(monkeypatch)
     check_destination(("mlflow",), "s3://bucket/exp")
 
 
-def test_flatten_and_numbers():
-    assert flatten({"optim": {"lr": 1e-3}, "name": "x"}) == {"optim.lr": 1e-3, "name": "x"}
+def test_numbers():
     assert numbers({"loss": 1, "ok": True, "pid": "7", "nan": float("nan")}) == {"loss": 1.0}
-
 
 
 @pytest.mark.skipif(MISSING is None, reason="every tracker's package is installed")
