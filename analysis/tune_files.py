@@ -257,7 +257,7 @@ def first_error_line(text: str | None) -> str | None:
     frames = [i for i, ln in enumerate(lines) if ln.startswith("  File ")]
     start = frames[-1] + 1 if frames else 0
     for ln in lines[start:]:
-        if ln and not ln[0].isspace():
+        if ln and not ln[0].isspace() and not ln.startswith("Traceback"):
             return ln
     for ln in reversed(lines):
         if re.match(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt|Exit)\b", ln):

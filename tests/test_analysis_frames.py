@@ -422,6 +422,8 @@ def test_first_error_line_of_tune_error_file() -> None:
     )
     assert first_error_line(text) == "RuntimeError: loss is nan"
     assert first_error_line("") is None
+    # no frames (the error raised before any Python frame): the header is not the error
+    assert first_error_line("Failure # 1\nTraceback ...\nValueError: bad\n") == "ValueError: bad"
 
 
 def test_family_bars_from_constructed_rankings(tmp_path: Path) -> None:

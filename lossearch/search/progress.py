@@ -193,13 +193,15 @@ def error_outcome(trial: Any) -> str:
 
 
 def _error_line(trial: Any) -> str:
-    """The last line of a trial's error trace (``TrialDiverged: loss is nan``)."""
+    """The exception line of a trial's error trace (``TrialDiverged: loss is nan``), read as
+    :func:`analysis.tune_files.first_error_line` reads it for the analysis tables."""
+    from analysis.tune_files import first_error_line
+
     try:  # the local error file Tune has just written (its copy in storage comes later)
         text = open(trial.error_file).read() if trial.error_file else ""
     except OSError:
         text = ""
-    lines = [ln.strip() for ln in str(text).splitlines() if ln.strip()]
-    return lines[-1] if lines else "failed"
+    return first_error_line(str(text)) or "failed"
 
 
 def live_view(
