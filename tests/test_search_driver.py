@@ -71,6 +71,7 @@ def before_ray(monkeypatch: pytest.MonkeyPatch) -> None:
         ({"metric": "seed0/exact_match"}, "--metric 'seed0/exact_match' is not reported: "
          "trials of task arith report exact_match, formula_precision"),
         ({"name": "a/b"}, r"--name must be a folder name \(no '/'\), got 'a/b'"),
+        ({"mode": "sideways"}, "mode must be 'max' or 'min', got 'sideways'"),
     ],
 )
 def test_bad_counts_are_errors_before_ray(

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from lossearch.errors import LossearchError
-from lossearch.experiment import SEARCH_FILE, read_meta, write_meta
+from lossearch.experiment import SEARCH_FILE, check_mode, read_meta, write_meta
 from lossearch.storage import absolute_path, is_uri, join_uri
 
 
@@ -159,9 +159,7 @@ def run_search(
     scheduler = _given(scheduler, settings["scheduler"])
     metric = _given(metric, settings["metric"])
     _check_metric(metric, base_cfg)
-    mode = _given(mode, settings["mode"])
-    if mode not in ("max", "min"):
-        raise LossearchError(f"--mode must be max or min, got '{mode}'")
+    mode = check_mode(_given(mode, settings["mode"]))
     n = _given(num_samples, settings["num_samples"])
     if settings["per_family"] is not None and n != settings["num_samples"]:
         raise LossearchError(
