@@ -249,6 +249,77 @@ def test_total_is_weighted_sum_of_public_functions(scope):
     torch.testing.assert_close(out.total, expected_total)
 
 
+TARGET_ONLY = ("focal", "sadl", "poly1", "answer_ce", "dft", "prob_power")
+
+
+@pytest.mark.parametrize("scope", ["sequence", "answer"])
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+def test_gradient_is_that_of_the_weighted_sum_of_public_functions(scope, smoothing):
+    """Step 5's [N, 1] column changes nothing: d total / d logits is the gradient of the
+    weighted sum of the public functions, each on its own log-softmax (float64)."""
+    logits, labels, answer = batch()
+    spec = {**EVERYTHING, "ce": {"weight": 0.4, "label_smoothing": smoothing}, "ce_scope": scope}
+    x = logits.clone().requires_grad_(True)
+    build_loss(spec)(x, labels, answer).total.backward()
+    y = logits.clone().requires_grad_(True)
+    norm = normalize_spec(spec)
+    expected = 0.0
+    for name, fn in PUBLIC.items():
+        params = {k: v for k, v in norm[name].items() if k != "weight"}
+        rows, t = shifted_tokens(y, labels, answer, scope if name == "ce" else "answer")
+        expected = expected + norm[name]["weight"] * fn(rows, t, **params)
+    expected.backward()
+    torch.testing.assert_close(x.grad, y.grad)
+
+
+def _consumers_of_log_softmax(total: torch.Tensor) -> list[str]:
+    """The autograd nodes that take the [N, V] log-softmax's output as an input."""
+    seen, stack, found = set(), [total.grad_fn], []
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        for child, _ in node.next_functions:
+            if child is not None and type(child).__name__ == "LogSoftmaxBackward0":
+                found.append(type(node).__name__)
+            stack.append(child)
+    return found
+
+
+@pytest.mark.parametrize(
+    ("spec", "consumers"),
+    [
+        ({"ce": 1.0}, ["GatherBackward0"]),
+        ({"ce": 0.6, "focal": 0.4}, ["GatherBackward0"]),
+        ({"ce": 0.4, **dict.fromkeys(TARGET_ONLY, 0.1)}, ["GatherBackward0"]),
+        ({"ce": 0.6, "focal": 0.4, "ce_scope": "answer"}, ["GatherBackward0"]),
+        # these read every class: one more [N, V] gradient, as they need
+        ({"ce": {"weight": 0.6, "label_smoothing": 0.1}, "focal": 0.4}, 2),
+        ({"ce": 0.6, "lovasz": 0.4}, 2),
+    ],
+)
+def test_target_only_components_reach_the_log_probs_through_one_gather(spec, consumers):
+    """A mix of CE with components that read log p_t alone backpropagates into the [N, V]
+    log-probs once (one [N, V] gradient, CE's memory), not once per component."""
+    logits, labels, answer = batch(dtype=torch.float32)
+    out = build_loss(spec)(logits.requires_grad_(True), labels, answer)
+    found = _consumers_of_log_softmax(out.total)
+    if isinstance(consumers, int):
+        assert len(found) == consumers, found
+    else:
+        assert found == consumers
+
+
+def test_uses_target_only():
+    assert [n for n, info in LOSSES.items() if info.uses_target_only({})] == [
+        "ce", "focal", "sadl", "poly1", "answer_ce", "dft", "prob_power"
+    ]
+    assert not LOSSES["ce"].uses_target_only({"label_smoothing": 0.1})
+    assert not LOSSES["focal"].uses_target_only({"gamma": 2.0, "alpha": torch.ones(13)})
+    assert LOSSES["focal"].uses_target_only({"gamma": 2.0, "alpha": 0.5})
+
+
 def test_one_log_softmax_per_step(monkeypatch):
     calls = []
     original = _functional.log_softmax

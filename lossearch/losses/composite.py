@@ -9,7 +9,6 @@ import torch
 from torch import Tensor
 
 from lossearch.losses import _functional
-from lossearch.losses.ce import cross_entropy_from_log_probs
 from lossearch.losses.registry import LOSSES, loss_family, normalize_spec
 
 IGNORE_INDEX = -100
@@ -42,6 +41,13 @@ class CompositeLoss(torch.nn.Module):
        ``w · CE(sequence) + (1 - w) · CE(answer)``; ``dft`` and ``prob_power`` too). Each
        loss is a mean over its rows. Components with weight 0 are not computed. CE's
        ``label_smoothing`` applies to ``ce`` only, not to ``answer_ce``.
+    5. A component that reads each token's ``log p_t`` alone
+       (:meth:`~lossearch.losses.registry.LossInfo.uses_target_only`: CE without label
+       smoothing, focal, poly1, SADL, answer CE, DFT, prob-power) gets the ``[N, 1]``
+       column of target log-probs, gathered once from the ``[N, V]`` ones (its targets: 0).
+       The values and gradients are those of step 4, but the backward pass scatters into a
+       ``[N, V]`` gradient once for all such components, where each gather of its own made
+       one: CE mixed with any of them holds the memory of CE alone.
 
     A batch with no answer tokens gives 0 for the answer-only components (gradient 0).
     ``gdice`` with ``batch: false`` pools per sequence of the batch.
@@ -61,6 +67,7 @@ class CompositeLoss(torch.nn.Module):
         self._params = {
             k: {p: x for p, x in self.spec[k].items() if p != "weight"} for k in self.weights
         }
+        self._target_only = {k: LOSSES[k].uses_target_only(self._params[k]) for k in self.weights}
 
     def extra_repr(self) -> str:
         return f"spec={self.spec}"
@@ -86,25 +93,21 @@ class CompositeLoss(torch.nn.Module):
         rows = pos[:, 0] * length + pos[:, 1]
         target = targets[pos[:, 0], pos[:, 1]].long()
         log_probs = _functional.log_softmax(logits.reshape(b * length, v).index_select(0, rows))
-        answer_log_probs, answer_target = log_probs[:n_answer], target[:n_answer]
         seq_ids = pos[:n_answer, 0]
+        if any(self._target_only.values()):  # step 5: [N, 1] log p_t, each row's target 0
+            column = _functional.target_log_probs(log_probs, target).unsqueeze(1)
+            column_target = torch.zeros_like(target)
 
         total = log_probs.new_zeros(())
         values: dict[str, Tensor] = {}
         for name, weight in self.weights.items():
-            if name == "ce":
-                if ce_on_sequence:
-                    value = cross_entropy_from_log_probs(log_probs, target, **self._params[name])
-                else:
-                    value = cross_entropy_from_log_probs(
-                        answer_log_probs, answer_target, **self._params[name]
-                    )
+            n = log_probs.shape[0] if name == "ce" and ce_on_sequence else n_answer
+            if self._target_only[name]:
+                lp, t = column[:n], column_target[:n]
             else:
-                info = LOSSES[name]
-                extra = {"seq_ids": seq_ids} if info.per_sequence else {}
-                value = info.from_log_probs(
-                    answer_log_probs, answer_target, **self._params[name], **extra
-                )
+                lp, t = log_probs[:n], target[:n]
+            extra = {"seq_ids": seq_ids} if LOSSES[name].per_sequence else {}
+            value = LOSSES[name].from_log_probs(lp, t, **self._params[name], **extra)
             total = total + weight * value
             values[name] = value.detach()
         return LossOutput(total, values)

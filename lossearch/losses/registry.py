@@ -40,7 +40,9 @@ class LossInfo:
     ``from_log_probs(log_probs [N, V] float32, target [N], **params)`` is what
     :class:`~lossearch.losses.composite.CompositeLoss` calls with the shared log-softmax.
     ``params`` is the pydantic model of those keyword arguments (names, defaults, ranges).
-    ``per_sequence`` marks a loss whose entry point also takes ``seq_ids``.
+    ``per_sequence`` marks a loss whose entry point also takes ``seq_ids``. ``target_only``
+    marks a loss that reads each token's ``log p_t`` and no other class (see
+    :meth:`uses_target_only`).
 
     Both functions live in ``lossearch.losses.<module>`` and are imported on first use, so
     checking a loss spec (a config, a search space) does not import torch.
@@ -53,6 +55,7 @@ class LossInfo:
     params: type[LossParams] = LossParams
     summary: str = ""
     per_sequence: bool = False
+    target_only: bool = False
 
     @property
     def fn(self) -> Callable[..., Any]:
@@ -64,6 +67,20 @@ class LossInfo:
         """The entry point on precomputed log-probs (see the class docstring)."""
         module = importlib.import_module(f"lossearch.losses.{self.module}")
         return getattr(module, self.from_log_probs_name)
+
+    def uses_target_only(self, params: Mapping[str, Any]) -> bool:
+        """True when the loss at ``params`` is a function of each token's ``log p_t`` alone:
+        then ``from_log_probs(log_probs, target, **params)`` equals, in value and gradient,
+        ``from_log_probs(log_probs.gather(1, target[:, None]), zeros [N], **params)``, its
+        entry point on the ``[N, 1]`` column of target log-probs with every target 0.
+
+        Not for a loss without ``target_only``, nor where ``params`` read the class axis:
+        CE's ``label_smoothing > 0`` (the mean over all ``V`` log-probs) or a per-class
+        tensor (focal's ``alpha [V]``).
+        """
+        if not self.target_only or params.get("label_smoothing"):
+            return False
+        return not any(hasattr(value, "shape") for value in params.values())
 
     def defaults(self) -> dict[str, Any]:
         """Every parameter's default, in declaration order."""
@@ -91,6 +108,7 @@ LOSSES: dict[str, LossInfo] = {
             "cross_entropy_from_log_probs",
             CeParams,
             "token cross-entropy, optionally label-smoothed",
+            target_only=True,
         ),
         LossInfo(
             "focal",
@@ -99,6 +117,7 @@ LOSSES: dict[str, LossInfo] = {
             "focal_from_log_probs",
             FocalParams,
             "focal loss (Lin et al. 2017)",
+            target_only=True,
         ),
         LossInfo(
             "lovasz",
@@ -125,6 +144,7 @@ LOSSES: dict[str, LossInfo] = {
             "self_adjusting_dice_from_log_probs",
             SadlParams,
             "self-adjusting Dice (Li et al. 2020)",
+            target_only=True,
         ),
         LossInfo(
             "tversky",
@@ -141,6 +161,7 @@ LOSSES: dict[str, LossInfo] = {
             "poly1_from_log_probs",
             Poly1Params,
             "Poly-1 (Leng et al. 2022)",
+            target_only=True,
         ),
         LossInfo(
             "answer_ce",
@@ -149,6 +170,7 @@ LOSSES: dict[str, LossInfo] = {
             "answer_ce_from_log_probs",
             LossParams,
             "token cross-entropy on the answer tokens only",
+            target_only=True,
         ),
         LossInfo(
             "dft",
@@ -157,6 +179,7 @@ LOSSES: dict[str, LossInfo] = {
             "dft_from_log_probs",
             LossParams,
             "Dynamic Fine-Tuning, CE scaled by the detached p_t (Wu et al. 2025)",
+            target_only=True,
         ),
         LossInfo(
             "prob_power",
@@ -165,6 +188,7 @@ LOSSES: dict[str, LossInfo] = {
             "prob_power_from_log_probs",
             ProbPowerParams,
             "(1 - p_t^alpha) / alpha (Li et al. 2025)",
+            target_only=True,
         ),
     )
 }
