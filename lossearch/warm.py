@@ -37,17 +37,47 @@ started in a new, cold worker). 10 s covers the imports; other idle workers also
 up to 10 s."""
 
 
+FOLDER_PREFIX = "lossearch-warm-"
+"""Slot folders are ``<temp dir>/lossearch-warm-<pid of the process that made it>-<random>``."""
+
+
 def worker_env(k: int) -> dict[str, str]:
     """Environment variables that make a local Ray's first ``k`` Python workers import what
     a trial imports; empty for ``k < 1``. The slot folder is new, and removed when this
-    process exits (a worker that starts later then claims none)."""
+    process exits (a worker that starts later then claims none); the folders of processes
+    that ended without removing theirs are removed first (:func:`remove_orphan_folders`)."""
     from lossearch.ray_internals import SETUP_HOOK_ENV
 
     if k < 1:
         return {}
-    folder = tempfile.mkdtemp(prefix="lossearch-warm-")
+    remove_orphan_folders(tempfile.gettempdir())
+    folder = tempfile.mkdtemp(prefix=f"{FOLDER_PREFIX}{os.getpid()}-")
     atexit.register(shutil.rmtree, folder, ignore_errors=True)
     return {SETUP_HOOK_ENV: HOOK, SLOTS_ENV: f"{folder}:{k}", **KEEP_IDLE_WORKERS}
+
+
+def remove_orphan_folders(parent: str) -> list[str]:
+    """Remove the slot folders in ``parent`` whose maker no longer runs (a driver ended by
+    SIGKILL runs no ``atexit``); returns their names. A folder whose maker is alive, or
+    runs as another user, or whose name holds no pid, is left alone."""
+    removed = []
+    for name in os.listdir(parent):
+        pid = name[len(FOLDER_PREFIX):].split("-", 1)[0]
+        if not name.startswith(FOLDER_PREFIX) or not pid.isdigit() or _running(int(pid)):
+            continue
+        shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
+        removed.append(name)
+    return removed
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def parse_slots(spec: str) -> tuple[str, int] | None:

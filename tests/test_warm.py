@@ -11,7 +11,16 @@ import textwrap
 
 import pytest
 
-from lossearch.warm import SLOTS_ENV, claim_slot, import_for_trials, wait_for_claims, worker_env
+from lossearch.warm import (
+    FOLDER_PREFIX,
+    SLOTS_ENV,
+    claim_slot,
+    import_for_trials,
+    parse_slots,
+    remove_orphan_folders,
+    wait_for_claims,
+    worker_env,
+)
 
 
 def test_each_of_k_slots_is_claimed_once(tmp_path):
@@ -20,6 +29,25 @@ def test_each_of_k_slots_is_claimed_once(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["0", "1"]
     assert (tmp_path / "0").read_text() == str(os.getpid())
     assert wait_for_claims({SLOTS_ENV: spec}, timeout_s=0) == 2
+
+
+def test_folders_of_ended_makers_are_removed_the_others_kept(tmp_path):
+    """A driver ended by SIGKILL leaves its slot folder; the next one removes it."""
+    ended = subprocess.Popen([sys.executable, "-c", "pass"])
+    ended.wait()
+    names = [f"{FOLDER_PREFIX}{ended.pid}-abc", f"{FOLDER_PREFIX}{os.getpid()}-def",
+             f"{FOLDER_PREFIX}xyz", "other-folder"]
+    for name in names:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "0").write_text("1")
+    assert remove_orphan_folders(str(tmp_path)) == [names[0]]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(names[1:])
+
+
+def test_worker_env_names_its_maker_in_the_folder():
+    folder, k = parse_slots(worker_env(2)[SLOTS_ENV])
+    assert k == 2 and os.path.basename(folder).startswith(f"{FOLDER_PREFIX}{os.getpid()}-")
+    assert os.path.isdir(folder)
 
 
 def test_no_slot_once_the_folder_is_gone_and_the_hook_never_raises(tmp_path, monkeypatch):
