@@ -118,6 +118,8 @@ def test_search_prints_one_line_per_trial_and_no_result_boxes(tracked_search):
     # Ray's status table, with lossearch's columns
     header = next(ln for ln in done.stdout.splitlines() if "| family" in ln and "exact_m" in ln)
     assert re.search(r"status .*family .*w_ce .*focal\.γ .*lr .*epoch .*exact_match", header)
+    # not Ray's local staging folder (/tmp/ray/session_*/artifacts/...) as the results' place
+    assert "Result logdir" not in done.stdout
 
 
 @pytest.mark.slow

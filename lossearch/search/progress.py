@@ -22,6 +22,8 @@ it; ``verbose=0`` prints nothing.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import math
 import os
 import time
@@ -104,9 +106,15 @@ def search_columns(points: Iterable[Mapping[str, Any]]) -> dict[str, str]:
     return columns
 
 
+STAGING_LINE = "Result logdir: "
+"""How Ray's status table starts the line naming a trial's local staging folder."""
+
+
 class LiveTable(tune.CLIReporter):
     """Ray's ``CLIReporter``, printed when a trial's status or epoch changed (at most every
-    ``max_report_frequency`` seconds) and at the end, instead of every few seconds."""
+    ``max_report_frequency`` seconds) and at the end, instead of every few seconds; without
+    its ``Result logdir:`` line, which names Ray's local staging folder under ``/tmp/ray``,
+    not the experiment (the driver prints ``experiment: <path>`` when it starts)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -120,6 +128,13 @@ class LiveTable(tune.CLIReporter):
             self._shown, self._shown_at = state, time.time()
             return True
         return False
+
+    def report(self, trials: list, done: bool, *sys_info: str) -> None:
+        table = io.StringIO()
+        with contextlib.redirect_stdout(table):
+            super().report(trials, done, *sys_info)
+        lines = table.getvalue().splitlines()
+        print("\n".join(ln for ln in lines if not ln.startswith(STAGING_LINE)), flush=True)
 
 
 class TrialLines(tune.Callback):
