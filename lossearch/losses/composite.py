@@ -94,9 +94,9 @@ class CompositeLoss(torch.nn.Module):
         target = targets[pos[:, 0], pos[:, 1]].long()
         log_probs = _functional.log_softmax(logits.reshape(b * length, v).index_select(0, rows))
         seq_ids = pos[:n_answer, 0]
-        if any(self._target_only.values()):  # step 5: [N, 1] log p_t, each row's target 0
-            column = _functional.target_log_probs(log_probs, target).unsqueeze(1)
-            column_target = torch.zeros_like(target)
+        # step 5: each row's log p_t as an [N, 1] column, whose target is class 0
+        column = _functional.target_log_probs(log_probs, target).unsqueeze(1)
+        column_target = torch.zeros_like(target)
 
         total = log_probs.new_zeros(())
         values: dict[str, Tensor] = {}
