@@ -61,7 +61,11 @@ def remove_orphan_folders(parent: str) -> list[str]:
     SIGKILL runs no ``atexit``); returns their names. A folder whose maker is alive, or
     runs as another user, or whose name holds no pid, is left alone."""
     removed = []
-    for name in os.listdir(parent):
+    try:
+        names = os.listdir(parent)
+    except OSError:  # not readable: nothing of ours can be there
+        return removed
+    for name in names:
         pid = name[len(FOLDER_PREFIX):].split("-", 1)[0]
         if not name.startswith(FOLDER_PREFIX) or not pid.isdigit() or _running(int(pid)):
             continue
