@@ -66,8 +66,10 @@ def remove_orphan_folders(parent: str) -> list[str]:
     except OSError:  # not readable: nothing of ours can be there
         return removed
     for name in names:
+        if not name.startswith(FOLDER_PREFIX):
+            continue
         pid = name[len(FOLDER_PREFIX):].split("-", 1)[0]
-        if not name.startswith(FOLDER_PREFIX) or not pid.isdigit() or _running(int(pid)):
+        if not pid.isdigit() or _running(int(pid)):
             continue
         shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
         removed.append(name)
