@@ -364,7 +364,6 @@ def resume(
         if not Path(exp_path).is_dir():
             raise LossearchError(f"experiment directory not found: {exp_path}")
     meta = read_meta(exp_path)
-    warm = warm_workers(meta["base_config"], meta["max_concurrent"])
     if not tune.Tuner.can_restore(exp_path):  # a storage check: no Ray needed yet
         # The driver died in the seconds between writing lossearch_search.yaml and Tune's
         # first saved state: no trial had started, so the search starts over.
@@ -380,7 +379,8 @@ def resume(
         sp = load_space(meta["space"], meta["overrides"])
         storage, name = _split_exp_path(exp_path)
         _fit(exp_path, address,
-             lambda: _build_tuner(sp, meta, storage, name, exp_path, verbose), warm=warm)
+             lambda: _build_tuner(sp, meta, storage, name, exp_path, verbose),
+             warm=warm_workers(meta["base_config"], meta["max_concurrent"]))
         _apply_keep(exp_path, meta["keep"], announce)
         return exp_path
     from lossearch.search.progress import resume_view
@@ -397,7 +397,7 @@ def resume(
             resume_unfinished=True,
             resume_errored=False,
         ),
-        warm=warm,
+        warm=warm_workers(meta["base_config"], meta["max_concurrent"]),
     )
     _apply_keep(exp_path, meta["keep"], announce)
     return exp_path
