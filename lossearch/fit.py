@@ -107,16 +107,14 @@ def plan_steps(n_train: int, cfg: TrainConfig, world: int = 1) -> tuple[int, int
 
 
 def build_optimizer(cfg: TrainConfig, model: Any, total_steps: int) -> tuple[Any, Any]:
-    """AdamW over the trainable weights and the warmup + ``optim.scheduler`` LR schedule."""
-    from transformers import get_scheduler
+    """AdamW over the trainable weights and the warmup + ``optim.scheduler`` LR schedule
+    (:mod:`lossearch.lr_schedule`)."""
+    from lossearch.lr_schedule import build_scheduler
 
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
-    scheduler = get_scheduler(
-        cfg.optim.scheduler,
-        optimizer,
-        num_warmup_steps=min(cfg.optim.warmup_steps, total_steps),
-        num_training_steps=total_steps,
+    scheduler = build_scheduler(
+        optimizer, cfg.optim.scheduler, cfg.optim.warmup_steps, total_steps
     )
     return optimizer, scheduler
 
