@@ -41,25 +41,65 @@ FOLDER_PREFIX = "lossearch-warm-"
 """Slot folders are ``<temp dir>/lossearch-warm-<pid of the process that made it>-<random>``."""
 
 
+LOCK = "maker.lock"
+"""A file in each slot folder that its maker holds an exclusive ``flock`` on while it runs."""
+
+_HELD: list[int] = []  # the lock files' descriptors: a lock lasts as long as its descriptor
+
+
 def worker_env(k: int) -> dict[str, str]:
     """Environment variables that make a local Ray's first ``k`` Python workers import what
-    a trial imports; empty for ``k < 1``. The slot folder is new, and removed when this
-    process exits (a worker that starts later then claims none); the folders of processes
-    that ended without removing theirs are removed first (:func:`remove_orphan_folders`)."""
+    a trial imports; empty for ``k < 1``. The slot folder is new, locked by this process
+    (:data:`LOCK`), and removed when it exits (a worker that starts later then claims none);
+    the folders of processes that ended without removing theirs are removed first
+    (:func:`remove_orphan_folders`)."""
     from lossearch.ray_internals import SETUP_HOOK_ENV
 
     if k < 1:
         return {}
     remove_orphan_folders(tempfile.gettempdir())
     folder = tempfile.mkdtemp(prefix=f"{FOLDER_PREFIX}{os.getpid()}-")
+    _hold_lock(os.path.join(folder, LOCK))
     atexit.register(shutil.rmtree, folder, ignore_errors=True)
     return {SETUP_HOOK_ENV: HOOK, SLOTS_ENV: f"{folder}:{k}", **KEEP_IDLE_WORKERS}
 
 
+def _hold_lock(path: str) -> None:
+    """Take an exclusive ``flock`` on ``path`` (created) for the rest of this process. The
+    descriptor is not inherited (Python's default), so Ray's processes never hold it."""
+    try:
+        import fcntl
+    except ImportError:  # no flock on this platform: folders are judged by their pid
+        return
+    fd = os.open(path, os.O_CREAT | os.O_WRONLY, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    _HELD.append(fd)
+
+
+def _maker_ended(folder: str, pid: str) -> bool:
+    """Whether the process that made ``folder`` has ended: its :data:`LOCK` can be taken
+    (the kernel drops a ``flock`` when its holder ends, whatever the PID namespace), or, in a
+    folder without one, no process runs under the ``pid`` in its name."""
+    try:
+        import fcntl
+
+        fd = os.open(os.path.join(folder, LOCK), os.O_RDONLY)
+    except (ImportError, OSError):
+        return pid.isdigit() and not _running(int(pid))
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:  # held: its maker runs
+        return False
+    finally:
+        os.close(fd)  # releases the lock if it was taken
+    return True
+
+
 def remove_orphan_folders(parent: str) -> list[str]:
     """Remove the slot folders in ``parent`` whose maker no longer runs (a driver ended by
-    SIGKILL runs no ``atexit``); returns their names. A folder whose maker is alive, or
-    runs as another user, or whose name holds no pid, is left alone."""
+    SIGKILL runs no ``atexit``); returns their names. A folder whose maker runs (in this or
+    another PID namespace sharing ``parent``), whose lock cannot be read and whose name
+    holds no pid of an ended process, or that is another user's, is left alone."""
     removed = []
     try:
         names = os.listdir(parent)
@@ -68,10 +108,10 @@ def remove_orphan_folders(parent: str) -> list[str]:
     for name in names:
         if not name.startswith(FOLDER_PREFIX):
             continue
-        pid = name[len(FOLDER_PREFIX):].split("-", 1)[0]
-        if not pid.isdigit() or _running(int(pid)):
+        folder = os.path.join(parent, name)
+        if not _maker_ended(folder, name[len(FOLDER_PREFIX):].split("-", 1)[0]):
             continue
-        shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
+        shutil.rmtree(folder, ignore_errors=True)
         removed.append(name)
     return removed
 
@@ -124,7 +164,7 @@ def wait_for_claims(env: dict[str, str], timeout_s: float = 5.0) -> int:
     folder, k = slots
     deadline = time.monotonic() + timeout_s
     while True:
-        claimed = len(os.listdir(folder)) if os.path.isdir(folder) else 0
+        claimed = sum(n.isdigit() for n in os.listdir(folder)) if os.path.isdir(folder) else 0
         if claimed >= k or time.monotonic() > deadline:
             return claimed
         time.sleep(0.05)

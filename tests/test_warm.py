@@ -13,6 +13,7 @@ import pytest
 
 from lossearch.warm import (
     FOLDER_PREFIX,
+    LOCK,
     SLOTS_ENV,
     claim_slot,
     import_for_trials,
@@ -44,10 +45,41 @@ def test_folders_of_ended_makers_are_removed_the_others_kept(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(names[1:])
 
 
-def test_worker_env_names_its_maker_in_the_folder():
+def test_a_folder_is_judged_by_its_lock_when_it_has_one(tmp_path):
+    """The maker's ``flock`` decides, not the pid in the name: a live driver in another PID
+    namespace (its pid unknown here) keeps its folder; a lock nobody holds is an ended
+    maker's, even when its pid has been reused by a running process."""
+    ended = subprocess.Popen([sys.executable, "-c", "pass"])
+    ended.wait()
+    held = tmp_path / f"{FOLDER_PREFIX}{ended.pid}-held"
+    free = tmp_path / f"{FOLDER_PREFIX}{os.getpid()}-free"
+    for folder in (held, free):
+        folder.mkdir()
+        (folder / LOCK).write_text("")
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import fcntl, os, sys, time\n"
+         "fd = os.open(sys.argv[1], os.O_WRONLY)\n"
+         "fcntl.flock(fd, fcntl.LOCK_EX); print('locked', flush=True); time.sleep(60)",
+         str(held / LOCK)],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        assert remove_orphan_folders(str(tmp_path)) == [free.name]
+        assert held.is_dir()
+    finally:
+        holder.kill()
+        holder.wait()
+    assert remove_orphan_folders(str(tmp_path)) == [held.name]  # its holder has ended
+
+
+def test_worker_env_names_its_maker_in_the_folder_and_holds_its_lock():
     folder, k = parse_slots(worker_env(2)[SLOTS_ENV])
     assert k == 2 and os.path.basename(folder).startswith(f"{FOLDER_PREFIX}{os.getpid()}-")
-    assert os.path.isdir(folder)
+    assert os.path.isfile(os.path.join(folder, LOCK))
+    assert os.path.basename(folder) not in remove_orphan_folders(os.path.dirname(folder))
+    assert wait_for_claims({SLOTS_ENV: f"{folder}:{k}"}, timeout_s=0) == 0  # the lock is no claim
 
 
 def test_no_slot_once_the_folder_is_gone_and_the_hook_never_raises(tmp_path, monkeypatch):
@@ -70,7 +102,8 @@ SEARCH = textwrap.dedent(
 
     init_ray(None, num_cpus=3, warm=min(2, os.cpu_count()))  # Ray starts one per core
     folder, _ = parse_slots(_LOCAL_RAY["env"][SLOTS_ENV])
-    warm = sorted(int(open(os.path.join(folder, f)).read()) for f in os.listdir(folder))
+    warm = sorted(int(open(os.path.join(folder, f)).read()) for f in os.listdir(folder)
+                  if f.isdigit())  # the slots, not the driver's maker.lock
     space = json.loads(sys.argv[1])
     exp = run_search(space, max_concurrent=2, scheduler="fifo", storage=sys.argv[2],
                      name="warm", verbose=0)
