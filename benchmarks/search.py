@@ -19,12 +19,12 @@ validation split after each epoch):
   and it scores the test split after the last epoch, which a trial does not: the configs
   set ``task.test_size: 8`` (one short generation batch) to keep that extra work small.
 
-Each search starts a Ray of its own as ``run_search`` starts one (``num_cpus = cores + 1``,
-one warm worker per concurrent trial: :mod:`lossearch.warm`) and shuts it down after. The
-table gives each wall time and its ratio to the plain loop and to the sequential ``train``
-runs, all measured in this one run: the search from ``run_search``'s call (Ray already
-started, its warm workers perhaps still importing), and the same with Ray's start. Then,
-per training: a trial's time from its function's start to its last report (Tune's
+Each search starts a Ray of its own as ``run_search`` starts one (``local_ray_cpus()``:
+cores + 1, one warm worker per concurrent trial: :mod:`lossearch.warm`) and shuts it down
+after. The table gives each wall time and its ratio to the plain loop and to the
+sequential ``train`` runs, all measured in this one run: the search from ``run_search``'s
+call (Ray already started, its warm workers perhaps still importing), and the same with
+Ray's start. Then, per training: a trial's time from its function's start to its last report (Tune's
 ``result.json``) minus the plain training of the same config; what ``train`` adds; and
 what the search adds over the ideal of two plain trainings side by side, amortized:
 ``(2 x search - plain) / 4``, which counts everything (the trials' start, their imports,
@@ -34,12 +34,18 @@ Tune's own work). Issue 16's targets, printed as verdicts:
 * the 2-concurrent search <= 0.6x the 4 plain trainings in a row.
 
 A fourth variant, the same search in a Ray started without warm workers (``warm=0``; the
-trial actors still take Ray's idle workers), shows what the warm workers' imports save.
-Full mode repeats the four in the order search, no-warm search, sequential, plain, then the
-reverse, and takes medians. ``--steps N`` sets the steps per epoch of every
-training (default 50, quick 15), to see the ratios at your own trial length.
+trial actors still take Ray's idle workers), shows what the warm workers' imports save. A
+fifth, two plain lanes side by side (two processes without Ray, each training every other
+config with ``plain_train``, started together after their imports and first calls), is the
+search's ideal as this machine runs it: where two trainings at once slow each other down
+(shared caches, memory bandwidth, a host's SMT siblings), the plain loop's half is out of
+reach for any 2-at-a-time run, and the search's overhead over these lanes is what Ray, Tune
+and the trial processes' start-up add. Full mode repeats the five in the order search, no-warm
+search, sequential, plain, lanes, then the reverse, and takes medians. ``--steps N`` sets
+the steps per epoch of every training (default 50, quick 15), to see the ratios at your own
+trial length.
 
-    .venv/bin/python benchmarks/search.py                # full, ~10 minutes on 2 cores
+    .venv/bin/python benchmarks/search.py                # full, ~12 minutes on 2 cores
     .venv/bin/python benchmarks/search.py --quick        # smoke check, ~3 minutes
     .venv/bin/python benchmarks/search.py --steps 200    # longer trainings
 """
@@ -158,12 +164,12 @@ def run_search_timed(
     import ray
 
     from lossearch.ray_train import init_ray
-    from lossearch.search.driver import run_search, warm_workers
+    from lossearch.search.driver import local_ray_cpus, run_search, warm_workers
 
     t0 = time.time()
     init_ray(
         None,
-        num_cpus=(os.cpu_count() or 1) + 1,
+        num_cpus=local_ray_cpus(),
         warm=warm_workers(space["base"], space["search"]["max_concurrent"]) if warm else 0,
     )
     t1 = time.time()
@@ -198,16 +204,76 @@ def run_each(kind: str, cfgs: list[Any], work: Path) -> dict[str, float]:
     return times
 
 
+LANE = """
+import json, sys, time
+from pathlib import Path
+sys.path.insert(0, sys.argv[1])
+import search
+from train_step import plain_train
+from transformers.utils import logging
+logging.set_verbosity_error()
+cfgs = search.configs(json.loads(sys.argv[2]))
+lane = [int(k) for k in sys.argv[4].split(",")]
+# first calls (imports, lazy initialisations) as the plain loop's process has made them
+plain_train(search.configs(search.bench_space(True, 1))[lane[0]], Path(sys.argv[3]) / "warm")
+print("ready", flush=True)
+sys.stdin.readline()
+for k in lane:
+    plain_train(cfgs[k], Path(sys.argv[3]) / f"run{k}")
+print("done", flush=True)
+"""
+
+
+def run_lanes(space: dict[str, Any], n: int, work: Path) -> float:
+    """Wall seconds of the ``n`` trainings as two plain lanes side by side: two processes
+    (no Ray), each training every other config in a row with ``plain_train``, started
+    together once both have imported everything and trained a 1-step config (the plain
+    loop's process has made its first calls too). The same work and the same two-at-a-time
+    shape as the search, minus Ray, Tune and the processes' imports: on a machine whose
+    cores slow each other down, what two trainings at once cost without any start-up."""
+    import subprocess
+
+    lanes = [",".join(str(k) for k in range(j, n, 2)) for j in (0, 1)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", LANE, str(Path(__file__).resolve().parent),
+             json.dumps(space), str(work), lane],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        )
+        for lane in lanes
+    ]
+    try:
+        for p in procs:  # after the warm-up training's epoch lines
+            if "ready" not in (line.strip() for line in p.stdout):
+                raise RuntimeError("a plain lane failed before training")
+        t0 = time.perf_counter()
+        for p in procs:
+            p.stdin.write("go\n")
+            p.stdin.flush()
+        for p in procs:  # fit's epoch lines come first
+            if "done" not in (line.strip() for line in p.stdout) or p.wait() != 0:
+                raise RuntimeError("a plain lane failed")
+        return time.perf_counter() - t0
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+
+
 def run_round(
     i: int, space: dict[str, Any], cfgs: list[Any], work: Path, results: dict[str, list[Any]]
 ) -> None:
-    """One round: search, the search without warm workers, sequential, plain (reversed in
-    odd rounds), appended to ``results``."""
-    order = ["search", "cold", "sequential", "plain"]
+    """One round: search, the search without warm workers, sequential, plain, two plain
+    lanes side by side (reversed in odd rounds), appended to ``results``."""
+    order = ["search", "cold", "sequential", "plain", "lanes"]
     for kind in order if i % 2 == 0 else order[::-1]:
         print(f"round {i}: {kind}", flush=True)
         if kind in ("sequential", "plain"):
             results[kind].append(run_each(kind, cfgs, work / f"{kind}{i}"))
+            continue
+        if kind == "lanes":
+            results["lanes"].append(run_lanes(space, len(cfgs), work / f"lanes{i}"))
+            print(f"  two plain lanes side by side: {results['lanes'][-1]:.1f} s", flush=True)
             continue
         t_init, wall, exp, t0 = run_search_timed(
             space, work / "experiments", f"{kind}{i}", warm=kind == "search"
@@ -263,7 +329,8 @@ def main(argv: list[str] | None = None) -> int:
     cfgs = configs(space)
     work = Path(tempfile.mkdtemp(prefix="lossearch-bench-search-"))
     results: dict[str, list[Any]] = {
-        "search": [], "init": [], "cold": [], "sequential": [], "plain": [], "trials": []
+        "search": [], "init": [], "cold": [], "sequential": [], "plain": [], "lanes": [],
+        "trials": [],
     }
     try:
         for i in range(rounds):
@@ -278,6 +345,7 @@ def main(argv: list[str] | None = None) -> int:
     with_init = med([w + i for w, i in zip(results["search"], results["init"], strict=True)])
     seq = med([sum(t.values()) for t in results["sequential"]])
     plain = med([sum(t.values()) for t in results["plain"]])
+    lanes = med(results["lanes"])
     plain_of = {f: med([t[f] for t in results["plain"]]) for f in results["plain"][0]}
     plain_each = med(list(plain_of.values()))
     trials = [t for t in results["trials"] if t["loss"] in plain_of]
@@ -317,6 +385,12 @@ def main(argv: list[str] | None = None) -> int:
             ],
             [f"plain loop, {n} in a row, no Ray", f"{plain:.1f}", "1.000x", f"{plain / seq:.3f}x"],
             [
+                "two plain lanes side by side, no Ray",
+                f"{lanes:.1f}",
+                f"{lanes / plain:.3f}x",
+                f"{lanes / seq:.3f}x",
+            ],
+            [
                 f"sequential, {n} x lossearch.train.train",
                 f"{seq:.1f}",
                 f"{seq / plain:.3f}x",
@@ -346,13 +420,20 @@ def main(argv: list[str] | None = None) -> int:
                 "",
                 f"{(2 * with_init - plain) / n:+.1f}",
             ],
+            [f"two plain lanes side by side: (2 x lanes - plain {n}) / {n}", "",
+             f"{(2 * lanes - plain) / n:+.1f}"],
+            [f"search over the two lanes: 2 x (search - lanes) / {n}", "",
+             f"{2 * (search - lanes) / n:+.1f}"],
         ],
     )
     print(
         "  A trial's time is from its function's start (Tune's time_total_s): it leaves out\n"
         "  the trial actor's start and the imports its warm worker did before. The amortized\n"
         "  lines count everything the search adds over 2 plain trainings side by side on\n"
-        "  2 cores (its ideal wall: plain / 2); the target is checked on the first of them."
+        "  2 cores (its ideal wall: plain / 2); the target is checked on the first of them.\n"
+        "  The two plain lanes are that ideal as this machine runs it: the same trainings,\n"
+        "  two at a time in two processes that have imported everything, no Ray; what the\n"
+        "  search adds over them is its start-up and Ray's and Tune's own work."
     )
     print_verdicts(
         "Targets (issue 16)",

@@ -41,12 +41,17 @@ def _scheduler(kind: str, meta: dict[str, Any]) -> Any:
     )
 
 
+def local_ray_cpus() -> int:
+    """The CPUs a local Ray started for a search declares: this machine's cores + 1. A
+    trial holds 0.01 CPU beside its workers (0.99 each for one-worker trials); the spare CPU
+    lets K single-CPU trainings run side by side on K cores."""
+    return (os.cpu_count() or 1) + 1
+
+
 def _local_ray(address: str | None, warm: int) -> None:
     from lossearch.ray_train import init_ray
 
-    # The trial function holds 0.01 CPU besides its workers: give local Ray one spare CPU
-    # so that K single-CPU trainings can run side by side on K cores.
-    init_ray(address, num_cpus=None if address else (os.cpu_count() or 1) + 1, warm=warm)
+    init_ray(address, num_cpus=None if address else local_ray_cpus(), warm=warm)
 
 
 def warm_workers(config: dict[str, Any], max_concurrent: int) -> int:
