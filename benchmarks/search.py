@@ -45,7 +45,7 @@ search, sequential, plain, lanes, then the reverse, and takes medians. ``--steps
 the steps per epoch of every training (default 50, quick 15), to see the ratios at your own
 trial length.
 
-    .venv/bin/python benchmarks/search.py                # full, ~12 minutes on 2 cores
+    .venv/bin/python benchmarks/search.py                # full, ~14 minutes on 2 cores
     .venv/bin/python benchmarks/search.py --quick        # smoke check, ~3 minutes
     .venv/bin/python benchmarks/search.py --steps 200    # longer trainings
 """

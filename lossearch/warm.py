@@ -2,10 +2,13 @@
 
 A search's first trials each run in a new Ray worker process, which pays ~5 s of CPU for
 its imports (torch, transformers' model stack, :mod:`lossearch.fit`) before it trains: two
-such processes at once on 2 cores were most of what a 50-step search lost against a plain
+such processes at once on 2 cores are most of what a 50-step search loses against a plain
 loop (issue 16). A local Ray starts a few idle Python workers with its node, seconds before
 Tune asks for its first trial actors; when they do those imports at start-up, in parallel
-with the driver's own start, the first trials start warm.
+with the driver's own start (~1 s to ``Tuner.fit``), the first trials start warm. The
+imports cost the same CPU wherever they run: the gain is the driver's time they overlap,
+where cores are free for it (on 2 cores, ``benchmarks/search.py`` measured it within its
+run-to-run spread: 42.2 s against 43.2 s without, docs/benchmarks.md).
 
 :func:`worker_env` gives the environment a local Ray is started with: Ray runs
 :func:`import_for_trials` in each of its Python workers at start-up (a worker process setup
