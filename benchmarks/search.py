@@ -21,12 +21,12 @@ validation split after each epoch):
 
 Each search starts a Ray of its own as ``run_search`` starts one (``local_ray_cpus()``:
 cores + 1, one warm worker per concurrent trial: :mod:`lossearch.warm`) and shuts it down
-after. The table gives each wall time and its ratio to the plain loop and to the
-sequential ``train`` runs, all measured in this one run: the search from ``run_search``'s
-call (Ray already started, its warm workers perhaps still importing), and the same with
-Ray's start. Then, per training: a trial's time from its function's start to its last report (Tune's
-``result.json``) minus the plain training of the same config; what ``train`` adds; and
-what the search adds over the ideal of two plain trainings side by side, amortized:
+after. The table gives each wall time and its ratio to the plain loop and to the sequential
+``train`` runs, all measured in this one run: the search from ``run_search``'s call (Ray
+already started, its warm workers perhaps still importing), and the same with Ray's start.
+Then, per training: a trial's time from its function's start to its last report (Tune's
+``result.json``) minus the plain training of the same config; what ``train`` adds; and what
+the search adds over the ideal of two plain trainings side by side, amortized:
 ``(2 x search - plain) / 4``, which counts everything (the trials' start, their imports,
 Tune's own work). Issue 16's targets, printed as verdicts:
 
@@ -40,10 +40,10 @@ config with ``plain_train``, started together after their imports and first call
 search's ideal as this machine runs it: where two trainings at once slow each other down
 (shared caches, memory bandwidth, a host's SMT siblings), the plain loop's half is out of
 reach for any 2-at-a-time run, and the search's overhead over these lanes is what Ray, Tune
-and the trial processes' start-up add. Full mode repeats the five in the order search, no-warm
-search, sequential, plain, lanes, then the reverse, and takes medians. ``--steps N`` sets
-the steps per epoch of every training (default 50, quick 15), to see the ratios at your own
-trial length.
+and the trial processes' start-up add. Full mode repeats the five in the order search,
+no-warm search, sequential, plain, lanes, then the reverse, and takes medians. ``--steps N``
+sets the steps per epoch of every training (default 50, quick 15), to see the ratios at
+your own trial length.
 
     .venv/bin/python benchmarks/search.py                # full, ~14 minutes on 2 cores
     .venv/bin/python benchmarks/search.py --quick        # smoke check, ~3 minutes
@@ -215,7 +215,8 @@ logging.set_verbosity_error()
 cfgs = search.configs(json.loads(sys.argv[2]))
 lane = [int(k) for k in sys.argv[4].split(",")]
 # first calls (imports, lazy initialisations) as the plain loop's process has made them
-plain_train(search.configs(search.bench_space(True, 1))[lane[0]], Path(sys.argv[3]) / "warm")
+warm_cfg = search.configs(search.bench_space(True, 1))[lane[0]]
+plain_train(warm_cfg, Path(sys.argv[3]) / f"warm{lane[0]}")
 print("ready", flush=True)
 sys.stdin.readline()
 for k in lane:
