@@ -33,19 +33,23 @@ Shape = Literal["cosine", "linear", "constant"]
 SHAPES: tuple[Shape, ...] = ("cosine", "linear", "constant")
 
 
+def _check_shape(shape: str) -> None:
+    if shape not in SHAPES:
+        raise ValueError(f"unknown LR schedule {shape!r} (one of {', '.join(SHAPES)})")
+
+
 def lr_factor(step: int, *, shape: Shape, warmup_steps: int, total_steps: int) -> float:
     """``f(step)``, the multiple of the base learning rate at optimizer step ``step``
     (0-based), as in the module docstring."""
     if step < warmup_steps:
         return step / warmup_steps
+    _check_shape(shape)
     if shape == "constant":
         return 1.0
     progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
     if shape == "cosine":
         return 0.5 * (1.0 + math.cos(math.pi * progress))
-    if shape == "linear":
-        return 1.0 - progress
-    raise ValueError(f"unknown LR schedule {shape!r} (one of {', '.join(SHAPES)})")
+    return 1.0 - progress  # linear
 
 
 def build_scheduler(
@@ -53,8 +57,7 @@ def build_scheduler(
 ) -> torch.optim.lr_scheduler.LambdaLR:
     """The schedule of ``optimizer``: ``min(warmup_steps, total_steps)`` warmup steps, then
     ``shape`` until ``total_steps``. Call its ``step()`` after each optimizer step."""
-    if shape not in SHAPES:
-        raise ValueError(f"unknown LR schedule {shape!r} (one of {', '.join(SHAPES)})")
+    _check_shape(shape)  # here too: during warmup lr_factor returns before it checks
     factor = partial(
         lr_factor,
         shape=shape,
