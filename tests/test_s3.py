@@ -109,3 +109,43 @@ def test_bad_s3_locations_are_one_line_errors(
         assert fragment in line, line
     assert s3_files(fs, cluster_s3_search["prefix"]) == before
     assert list(tmp_path.iterdir()) == []
+
+
+def test_export_of_a_confirmed_experiment_in_the_bucket_is_the_confirmed_winner(
+    moto_s3: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``confirm/verdict.csv`` and the winner's ``result.json`` are read from the bucket: the
+    export is the verdict's rank 1 at its first confirm seed, not the search's best by
+    validation (an experiment in a bucket once exported the latter, its verdict unread)."""
+    import pandas as pd
+
+    from lossearch.config import validate
+    from lossearch.search.export import export_best
+
+    for key, value in moto_s3["env"].items():
+        monkeypatch.setenv(key, value)
+    fs, uri = s3fs(moto_s3["port"]), f"s3://{BUCKET}/confirmed-only"
+    config = validate({"loss": {"ce": 0.6, "focal": {"weight": 0.4}}}).to_dict()
+    files = {
+        "confirm/verdict.csv": pd.DataFrame(
+            [{"rank": 1, "loss": "focal", "config_id": "0a1b2c3d", "split": "test",
+              "mean": 0.375, "ci_low": 0.25, "ci_high": 0.5, "n_seeds": 2,
+              "n_questions": 30},
+             {"rank": 2, "loss": "ce", "config_id": "99999999", "split": "test",
+              "mean": 0.125, "ci_low": 0.0, "ci_high": 0.25, "n_seeds": 2,
+              "n_questions": 30}]
+        ).to_csv(index=False),
+        "confirm/runs/focal-0a1b2c3d/result.json": json.dumps(
+            {"config": config, "seeds": [7, 8]}
+        ),
+    }
+    for name, text in files.items():
+        with fs.open_output_stream(f"{BUCKET}/confirmed-only/{name}") as f:
+            f.write(text.encode())
+
+    (path,) = export_best(uri, out=tmp_path / "best.yaml")
+
+    first, _, body = path.read_text().partition("\n")
+    assert "focal (trial 0a1b2c3d), confirmed on the test split: mean 0.3750" in first
+    best = yaml.safe_load(body)
+    assert best["seed"] == 7 and best["loss"]["focal"]["weight"] == 0.4

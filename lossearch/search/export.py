@@ -121,24 +121,28 @@ def _write(entry: dict[str, Any], path: Path) -> None:
 def confirmed_winner(exp: str) -> dict[str, Any] | None:
     """The confirm stage's winner of ``exp`` as an export entry (the verdict's rank 1), or
     None without a verdict."""
+    import io
     import json
 
     import pandas as pd
 
     from lossearch.config import validate
-    from lossearch.storage import is_uri, join_uri
+    from lossearch.search.verdict_report import VERDICT_FILE
+    from lossearch.storage import file_exists, join_uri, read_text
 
-    verdict_path = Path(join_uri(exp, "confirm", "verdict.csv"))
-    if is_uri(exp) or not verdict_path.is_file():
+    confirm_dir = join_uri(exp, "confirm")
+    if not file_exists(confirm_dir, VERDICT_FILE):
         return None
     # Tune's trial ids are 8 hex digits: "01234567" or "8e123456" must stay text, not numbers
     # rank: the verdict's own (1 = best mean, in the confirm's direction)
-    table = pd.read_csv(verdict_path, dtype={"config_id": str}).sort_values(["rank", "mean"])
+    table = pd.read_csv(
+        io.StringIO(read_text(confirm_dir, VERDICT_FILE)), dtype={"config_id": str}
+    ).sort_values(["rank", "mean"])
     if table.empty:
         return None
     top = table.iloc[0]
     run_id = f"{top['loss']}-{top['config_id']}"
-    record = json.loads(Path(join_uri(exp, "confirm", "runs", run_id, "result.json")).read_text())
+    record = json.loads(read_text(join_uri(confirm_dir, "runs", run_id), "result.json"))
     cfg = validate(record["config"]).model_copy(update={"seed": int(record["seeds"][0])})
     return {
         "config": cfg,
