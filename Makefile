@@ -4,6 +4,9 @@ VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 TORCH   := torch==2.13.0
+# where torch comes from: empty = pip's configured index (PyPI's Linux wheel is the CUDA
+# build); CPU only: make run TORCH_INDEX=https://download.pytorch.org/whl/cpu
+TORCH_INDEX ?=
 # test processes (pytest-xdist; with 3 the 2-core machine here showed ~0% idle CPU);
 # tests sharing a search or a cluster run in the same one
 WORKERS ?= 3
@@ -13,7 +16,7 @@ WORKERS ?= 3
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q $(TORCH)
+	$(BIN)/pip install -q $(TORCH) $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(BIN)/pip install -q -e '.[test]'
 	touch $(STAMP)
 
