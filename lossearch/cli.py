@@ -83,7 +83,9 @@ def score(
 @app.command()
 def train(
     config: str = typer.Option(None, "--config", "-c", help="Training config YAML."),
-    out: str = typer.Option(None, "--out", help="Run directory (default runs/<name>-<time>)."),
+    out: str = typer.Option(
+        None, "--out", help="Run directory (default runs/NAME-YYYYMMDD-HHMMSS, NAME the config's)."
+    ),
     address: str = typer.Option(None, "--address", help="Ray cluster address (HOST:PORT)."),
     log_to: str = _log_to_option(),
     overrides: list[str] = typer.Argument(None, help="key=value overrides, e.g. optim.lr=3e-4."),
@@ -267,7 +269,9 @@ def analyze(
     experiments: list[str] = typer.Argument(..., help="Experiment directories or URIs."),
     metric: str = typer.Option(None, "--metric", help="Metric (default: the search's)."),
     mode: str = typer.Option(None, "--mode", help="max or min (default: the search's)."),
-    out: str = typer.Option(None, "--out", help="Output folder (default <EXP>/analysis)."),
+    out: str = typer.Option(
+        None, "--out", help="Output folder (default EXP/analysis; ./analysis-NAME for a URI)."
+    ),
     fmt: str = typer.Option("table", "--format", help="table (rich) or json (stdout only)."),
 ) -> None:
     """Rank loss families against CE, plot, and write trials.parquet, rankings.csv, report.md."""

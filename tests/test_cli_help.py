@@ -36,6 +36,21 @@ def test_command_help_reflows_each_paragraph_of_its_docstring(command: str) -> N
         assert len(text) < 190 and text in lines, f"{command} --help lacks the line: {text}"
 
 
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_option_help_is_shown_as_written(command: str) -> None:
+    """Each option's help text appears whole in ``--help``: the markdown rendering drops
+    ``<...>`` (``runs/<name>-<time>`` once showed as ``runs/-``) and would eat ``*``/``_``."""
+    import typer.main
+
+    cmd = typer.main.get_command(app).commands[command]
+    text = " ".join(line.strip(" │") for line in _help(command).splitlines())
+    shown = " ".join(text.split())
+    for param in cmd.params:
+        if param.help:
+            help_text = " ".join(param.help.split())
+            assert help_text in shown, f"{command} {param.name}: --help shows {help_text!r} altered"
+
+
 def test_own_warnings_are_one_line_without_source_location(monkeypatch) -> None:
     import warnings
 
