@@ -49,6 +49,13 @@ def _log_to_option() -> typing.Any:
     )
 
 
+def _max_failures_option() -> typing.Any:
+    return typer.Option(
+        0, "--max-failures",
+        help="Restarts of a run whose training process died, each from its last checkpoint.",
+    )
+
+
 def _verbose_option() -> typing.Any:
     return typer.Option(
         False, "--verbose", "-v", help="Ray Tune's own output instead of lossearch's live view."
@@ -114,7 +121,7 @@ def search(
     address: str = typer.Option(None, "--address", help="Ray cluster address (HOST:PORT)."),
     storage: str = typer.Option(None, "--storage", help="Directory or URI (s3://...)."),
     name: str = typer.Option(None, "--name", help="Experiment name."),
-    max_failures: int = typer.Option(0, "--max-failures", help="Worker-failure retries."),
+    max_failures: int = _max_failures_option(),
     per_family: int = typer.Option(
         None, "--per-family", help="Trials per loss family (equal budgets; total = N x families)."
     ),
@@ -177,7 +184,8 @@ def search(
     finish_search(exp)
     if confirm_seeds is not None:
         _confirm(exp, seeds=confirm_seeds, top_k=1, metric=metric, address=address,
-                 max_concurrent=max_concurrent, log_to=trackers, verbose=2 if verbose else 1)
+                 max_concurrent=max_concurrent, max_failures=max_failures, log_to=trackers,
+                 verbose=2 if verbose else 1)
 
 
 def _confirm(exp: str, **kwargs: object) -> None:
@@ -203,6 +211,7 @@ def confirm(
     max_concurrent: int = typer.Option(
         None, "--max-concurrent", help="Runs at once (default: the search's)."
     ),
+    max_failures: int = _max_failures_option(),
     log_to: str = _log_to_option(),
     verbose: bool = _verbose_option(),
 ) -> None:
@@ -212,8 +221,8 @@ def confirm(
     skips finished runs and resumes the others.
     """
     _confirm(experiment, seeds=seeds, top_k=top, metric=metric, address=address,
-             max_concurrent=max_concurrent, log_to=_trackers(log_to),
-             verbose=2 if verbose else 1)
+             max_concurrent=max_concurrent, max_failures=max_failures,
+             log_to=_trackers(log_to), verbose=2 if verbose else 1)
 
 
 @app.command()

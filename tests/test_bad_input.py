@@ -115,6 +115,9 @@ CASES: list[tuple[str, list[str], str]] = [
     ),
     ("search-confirm-seeds-zero", ["search", "--space", str(QUICK), "--confirm-seeds", "0"],
      "--confirm-seeds must be at least 1"),
+    # Tune reads a negative max_failures as "retry forever"
+    ("search-max-failures-negative", ["search", "--space", str(QUICK), "--max-failures", "-1"],
+     "--max-failures must be at least 0, got -1"),
     ("search-confirm-without-test-file",
      ["search", "--space", str(QUICK), "--confirm-seeds", "2", "task.name=jsonl",
       "task.train_file=ok.jsonl", "task.val_size=5", "task.test_file=no_test.jsonl"],
@@ -138,6 +141,8 @@ CASES: list[tuple[str, list[str], str]] = [
     ("confirm-no-finished-trial", ["confirm", "exps/existing"], "existing"),
     ("confirm-max-concurrent-zero", ["confirm", "exps/existing", "--max-concurrent", "0"],
      "--max-concurrent must be at least 1"),
+    ("confirm-max-failures-negative", ["confirm", "exps/existing", "--max-failures", "-2"],
+     "--max-failures must be at least 0, got -2"),
     # ---- where export and analyze write
     ("export-bad-mode", ["export", "exps/existing", "--mode", "sideways"],
      "mode must be 'max' or 'min', got 'sideways'"),

@@ -223,7 +223,7 @@ def confirm(
     from lossearch.ray_train import check_ray_address
     from lossearch.search.driver import _fit, check_counts, warm_workers
 
-    check_counts(max_concurrent=max_concurrent)
+    check_counts(max_concurrent=max_concurrent, max_failures=max_failures)
     if not is_uri(exp):
         exp = absolute_path(exp)
     new = plan(exp, seeds=seeds, top_k=top_k, metric=metric)

@@ -148,6 +148,7 @@ def run_search(
         grace_period=grace_period,
         reduction_factor=reduction_factor,
         per_family=per_family,
+        max_failures=max_failures,
     )
     sp = load_space(space, overrides or [])
     if per_family is not None:
@@ -280,17 +281,20 @@ def _given(value: Any, *defaults: Any) -> Any:
 
 
 def check_counts(**counts: Any) -> None:
-    """The command line's counts (None: not given), each at or above its minimum."""
-    minimum = {"reduction_factor": 1}  # ASHA needs > 1; the others >= 1
+    """The command line's counts (None: not given), each at or above its minimum: an int
+    >= 1, ``max_failures`` >= 0 (Tune reads a negative one as "retry forever"), and
+    ``reduction_factor`` a number > 1 (ASHA's)."""
     for key, value in counts.items():
         if value is None:
             continue
         flag = "--" + key.replace("_", "-")
-        if key in minimum:
+        if key == "reduction_factor":
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 1:
                 raise LossearchError(f"{flag} must be greater than 1, got {value!r}")
-        elif isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise LossearchError(f"{flag} must be at least 1, got {value!r}")
+            continue
+        least = 0 if key == "max_failures" else 1
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise LossearchError(f"{flag} must be at least {least}, got {value!r}")
 
 
 def _plain_overrides(overrides: list[str] | dict[str, Any] | None) -> Any:
