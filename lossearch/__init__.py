@@ -1,7 +1,7 @@
 """lossearch: search the training loss for fine-tuning causal language models.
 
-Data flows config -> task data -> model -> loss -> Ray Train loop -> metrics ->
-Tune/Optuna -> experiment directory -> analysis; each step has its own module.
+Data flows config -> task data -> model -> loss -> training loop (:func:`lossearch.fit.fit`)
+-> metrics -> Tune/Optuna -> experiment directory -> analysis; each step has its own module.
 """
 
 __version__ = "0.1.0"

@@ -53,7 +53,8 @@ class TaskConfig(_Section):
     search sees) and ``test`` (scored after the last epoch of ``lossearch train`` and by
     ``lossearch confirm``; never during a search). A data set without a validation split has
     ``val_size`` examples carved out of train with ``data_seed``, disjoint from the examples
-    trained on. ``test_size`` keeps the first test rows (None: the whole test split).
+    trained on. ``test_size`` keeps the first test rows (None: the whole test split; for
+    ``arith``, whose problems are generated, 200).
     """
 
     name: str = "arith"

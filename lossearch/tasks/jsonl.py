@@ -5,7 +5,8 @@ Rows need ``task.prompt_field`` and ``task.target_field`` (default ``prompt`` an
 whitespace stripped) unless ``task.answer_pattern`` is set: then the first group of that
 regex (the whole match when it has no group), numerically when both sides parse as numbers.
 There is no Hub copy: set ``task.data_dir`` (``train``/``test``/``validation`` files) or
-``task.train_file`` and ``task.eval_file``.
+``task.train_file``, ``task.validation_file`` (or none: carved out of train) and
+``task.test_file``.
 """
 
 from __future__ import annotations
