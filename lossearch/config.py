@@ -12,6 +12,7 @@ values are parsed as YAML scalars. Unknown keys and out-of-range values raise
 from __future__ import annotations
 
 import copy
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -36,7 +37,7 @@ M = TypeVar("M", bound=BaseModel)
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 # Keys of earlier releases: a config that still uses one fails with the new key's name.
@@ -44,6 +45,23 @@ _RENAMED_TASK_KEYS = {
     "eval_size": "task.val_size (validation, used by the search) or task.test_size",
     "eval_file": "task.validation_file or task.test_file",
 }
+
+
+class IgnoredKeyWarning(UserWarning):
+    """A config key that the config's task does not read (see :func:`ignored_task_keys`)."""
+
+
+_ONE_TASK_KEYS = {
+    "target_format": "gsm8k",
+    "arith_steps": "arith",
+    "arith_max_operand": "arith",
+    "arith_ops": "arith",
+    "arith_train_size": "arith",
+    "prompt_field": "jsonl",
+    "target_field": "jsonl",
+    "answer_pattern": "jsonl",
+}
+"""The task keys only one task reads, and that task."""
 
 
 class TaskConfig(_Section):
@@ -103,6 +121,8 @@ class TaskConfig(_Section):
             raise ValueError(f"must be a count >= 1 or a fraction of train in (0, 1), got {value}")
         if not isinstance(value, (int, float)):
             return value  # pydantic reports the type
+        if not math.isfinite(value):
+            raise ValueError(f"must be a count >= 1 or a fraction of train in (0, 1), got {value}")
         if value == int(value) and value >= 1:
             return int(value)
         if not 0 < value < 1:
@@ -119,6 +139,18 @@ class TaskConfig(_Section):
                 f"not a fraction ({self.val_size})"
             )
         return self
+
+
+def ignored_task_keys(task: TaskConfig) -> list[str]:
+    """The keys of ``task`` that only another task reads, set away from their defaults (a
+    search space tuned for ``arith`` run with ``task.name=jsonl``, say), each as
+    ``task.<key> <value> (task <t> only)``. A resolved config holds every key at its
+    default, so only what someone set is named."""
+    return [
+        f"task.{key} {getattr(task, key)!r} ({owner} only)"
+        for key, owner in _ONE_TASK_KEYS.items()
+        if task.name != owner and getattr(task, key) != TaskConfig.model_fields[key].default
+    ]
 
 
 class LoraConfig(_Section):
@@ -199,6 +231,14 @@ class TrainConfig(_Section):
     seed: int = 0
     name: str = "run"
 
+    @field_validator("name")
+    @classmethod
+    def _folder_name(cls, name: str) -> str:
+        # `lossearch train` writes runs/<name>-<time>/: a path would land elsewhere
+        if not name.strip() or name in (".", "..") or any(c in name for c in "/\\"):
+            raise ValueError(f"must be a folder name (no '/'), got {name!r}")
+        return name
+
     @field_validator("loss")
     @classmethod
     def _check_loss(cls, spec: dict[str, Any]) -> dict[str, Any]:
@@ -223,12 +263,29 @@ def _format_error(err: ValidationError) -> str:
 
 
 class UserYamlLoader(yaml.SafeLoader):
-    """PyYAML's safe loader, but ``1e-3`` is a float, as in YAML 1.2 (and JSON).
+    """PyYAML's safe loader, but ``1e-3`` is a float, as in YAML 1.2 (and JSON), and a key
+    written twice in one mapping is an error, as YAML 1.2 says.
 
     PyYAML follows YAML 1.1, whose floats need a dot (``1.0e-3``): ``lr: 1e-3`` was the
     string ``"1e-3"``, which a search space's ``low``/``high`` refused as "not a valid
-    number". Used for every YAML a user writes: configs, spaces, ``key=value`` overrides.
+    number". PyYAML keeps the last of duplicate keys: a second ``optim:`` section silently
+    dropped the first one's ``lr``. Used for every YAML a user writes: configs, spaces,
+    ``key=value`` overrides.
     """
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<:` merges; its keys may repeat
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, (str, int, float, bool)) or key is None:
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"duplicate key '{key}'", key_node.start_mark
+                    )
+                seen.add(key)
+        return super().construct_mapping(node, deep=deep)
 
 
 UserYamlLoader.add_implicit_resolver(
@@ -253,7 +310,10 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         raise LossearchError(f"override '{text}' has an empty key")
     try:
         value = load_user_yaml(raw) if raw.strip() else None
-    except yaml.YAMLError:
+    except yaml.YAMLError as exc:
+        problem = getattr(exc, "problem", None) or ""
+        if problem.startswith("duplicate key"):
+            raise LossearchError(f"override '{text}': {problem}") from None
         value = raw
     return key.split("."), value
 
@@ -310,14 +370,20 @@ def apply_overrides(tree: dict[str, Any], overrides: list[str] | dict[str, Any])
 def read_yaml(path: str | Path) -> dict[str, Any]:
     """Read a YAML mapping; missing file or malformed YAML is a one-line LossearchError."""
     p = Path(path)
+    if p.is_dir():
+        raise LossearchError(f"{p} is a directory; name a YAML file")
     if not p.is_file():
         raise LossearchError(f"file not found: {p}")
     try:
-        data = load_user_yaml(p.read_text())
+        data = load_user_yaml(p.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise LossearchError(f"{p} is not a UTF-8 text file") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark is not None else ""
-        raise LossearchError(f"malformed YAML in {p}{where}") from None
+        problem = getattr(exc, "problem", None)
+        what = f": {problem}" if problem and problem.startswith("duplicate key") else ""
+        raise LossearchError(f"malformed YAML in {p}{where}{what}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):

@@ -350,15 +350,22 @@ def read_predictions(path: str | Path) -> tuple[list[str], list[str]]:
     """Read a JSONL file of ``{"prediction": str, "reference": str}`` objects.
 
     Raises:
-        LossearchError: missing file, a line that is not a JSON object with both string
-            fields (the message names the line), or no lines at all.
+        LossearchError: missing file, a directory, text that is not UTF-8, a line that is
+            not a JSON object with both string fields (the message names the line), or no
+            lines at all.
     """
     p = Path(path)
+    if p.is_dir():
+        raise LossearchError(f"{p} is a directory; name a predictions JSONL file")
     if not p.is_file():
         raise LossearchError(f"file not found: {p}")
     preds: list[str] = []
     refs: list[str] = []
-    for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), start=1):
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise LossearchError(f"{p} is not a UTF-8 text file") from None
+    for n, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         try:

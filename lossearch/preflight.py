@@ -13,10 +13,11 @@ samples, e.g. a searched ``task.max_length``, are checked by the trial itself).
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
-from lossearch.config import ModelConfig, TrainConfig
+from lossearch.config import IgnoredKeyWarning, ModelConfig, TrainConfig, ignored_task_keys
 from lossearch.config import looks_like_path as _looks_like_path
 from lossearch.errors import LossearchError
 from lossearch.tiny import TINY, build_tiny_tokenizer, refuse_tiny_lora
@@ -62,7 +63,9 @@ def preflight(cfg: TrainConfig, *, test: bool = False) -> None:
     Checks: the task exists and its train and validation data (and, with ``test``, its test
     data) load and are not empty, and ``task.val_size`` fits in train; the model path
     exists and its tokenizer loads; at least one training example fits in
-    ``task.max_length``; one epoch has at least one optimizer step.
+    ``task.max_length``; one epoch has at least one optimizer step. When all pass, keys set
+    for another task than ``cfg``'s are named in one :class:`~lossearch.config.
+    IgnoredKeyWarning` (``warning: ...`` on the command line).
     """
     from lossearch.losses import normalize_spec
     from lossearch.tasks import load_task, tokenize
@@ -77,4 +80,11 @@ def preflight(cfg: TrainConfig, *, test: bool = False) -> None:
         raise LossearchError(
             f"{len(features)} training examples are fewer than one optimizer step "
             f"({o.batch_size} x {world} workers x {o.grad_accum} accumulation)"
+        )
+    ignored = ignored_task_keys(cfg.task)
+    if ignored:
+        warnings.warn(
+            f"task {cfg.task.name} does not read {', '.join(ignored)}: ignored",
+            IgnoredKeyWarning,
+            stacklevel=2,
         )

@@ -42,8 +42,11 @@ Report = Callable[[dict[str, Any], "str | None"], None]
 
 def parse_log_to(value: str | None) -> tuple[str, ...]:
     """``"tensorboard,mlflow"`` → ``("tensorboard", "mlflow")``; an unknown tracker or one
-    whose package is not installed is a ``LossearchError`` (one line, naming the extra)."""
+    whose package is not installed is a ``LossearchError`` (one line, naming the extra), and
+    so is a given value that names no tracker (``""``, ``","``)."""
     names = [n.strip().lower() for n in (value or "").split(",") if n.strip()]
+    if value is not None and not names:
+        raise LossearchError(f"--log-to {value!r} names no tracker (use {', '.join(TRACKERS)})")
     for name in names:
         if name not in TRACKERS:
             raise LossearchError(

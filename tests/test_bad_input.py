@@ -45,6 +45,15 @@ def _make_files(root: Path) -> None:
         yaml.safe_dump(_space(**{"optim.batch_size": {"choices": []}}))
     )
     (root / "empty.jsonl").write_text("")
+    # PyYAML keeps the last of duplicate keys: this config's lr 0.1 would vanish
+    (root / "dup.yaml").write_text("optim:\n  lr: 0.1\nseed: 1\noptim:\n  epochs: 2\n")
+    dup_space = yaml.safe_dump(_space()) + "space:\n  optim.lr: 0.5\n"
+    (root / "space_dup.yaml").write_text(dup_space)
+    (root / "space_inf.yaml").write_text(
+        yaml.safe_dump(_space(**{"optim.lr": {"low": 1e-4, "high": float("inf")}}))
+    )
+    (root / "latin1.yaml").write_bytes("name: caf\xe9\n".encode("latin-1"))
+    (root / "latin1.jsonl").write_bytes(b'{"prediction": "caf\xe9", "reference": "x"}\n')
     rows = [{"prompt": f"question {i}: 1 + {i} =", "target": f"{1 + i}"} for i in range(40)]
     (root / "ok.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     long_rows = [{"prompt": "a very long question " * 4 + str(i), "target": "1"} for i in range(40)]
@@ -93,6 +102,22 @@ CASES: list[tuple[str, list[str], str]] = [
         "no_test.jsonl",
     ),
     ("train-renamed-key", ["train", "task.eval_size=20"], "use task.val_size"),
+    ("train-duplicate-yaml-key", ["train", "--config", "dup.yaml"],
+     "dup.yaml (line 4): duplicate key 'optim'"),
+    ("train-duplicate-key-in-override", ["train", "optim={lr: 1, lr: 2}"], "duplicate key 'lr'"),
+    ("train-config-not-utf8", ["train", "--config", "latin1.yaml"], "not a UTF-8 text file"),
+    ("train-config-is-a-directory", ["train", "--config", "not_an_experiment"],
+     "not_an_experiment is a directory"),
+    ("train-infinite-lr", ["train", "optim.lr=.inf"], "'optim.lr': Input should be a finite"),
+    ("train-infinite-val-size", ["train", "task.val_size=.inf"], "got inf"),
+    ("train-name-is-a-path", ["train", "name=../elsewhere"], "must be a folder name"),
+    ("train-log-to-nothing", ["train", "--log-to", ",", *SMALL], "names no tracker"),
+    # ---- lossearch score
+    ("score-not-utf8", ["score", "latin1.jsonl", "--task", "jsonl"], "not a UTF-8 text file"),
+    ("score-directory", ["score", "not_an_experiment", "--task", "jsonl"], "is a directory"),
+    ("score-pattern-of-another-task",
+     ["score", "ok.jsonl", "--task", "gsm8k", "--answer-pattern", "(\\d+)"],
+     "applies to task jsonl only"),
     # checked before Ray and before torch: the tiny tokenizer needs neither
     ("train-tiny-with-lora", ["train", "model.lora.r=8", *SMALL], "not supported with the 'tiny'"),
     ("train-out-not-a-run", ["train", "--out", "not_an_experiment", *SMALL], "not a lossearch run"),
@@ -113,6 +138,10 @@ CASES: list[tuple[str, list[str], str]] = [
          "task.validation_file=ok.jsonl", "task.max_length=16"],
         "max_length",
     ),
+    ("search-duplicate-space-key", ["search", "--space", "space_dup.yaml"],
+     "duplicate key 'space'"),
+    ("search-infinite-range", ["search", "--space", "space_inf.yaml"],
+     "Input should be a finite number"),
     ("search-confirm-seeds-zero", ["search", "--space", str(QUICK), "--confirm-seeds", "0"],
      "--confirm-seeds must be at least 1"),
     # Tune reads a negative max_failures as "retry forever"

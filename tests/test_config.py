@@ -58,6 +58,16 @@ def test_paper_defaults_for_lora_and_losses():
         (["loss.nosuchloss=1"], "nosuchloss"),
         (["loss.ce=0"], "loss"),
         (["optim.lr"], "key=value"),
+        # infinity passed every range check: lr .inf trained until the loss was NaN
+        (["optim.lr=.inf"], "optim.lr"),
+        (["optim.weight_decay=.inf"], "optim.weight_decay"),
+        (["optim.max_grad_norm=.inf"], "optim.max_grad_norm"),
+        (["scaling.cpus_per_worker=.inf"], "scaling.cpus_per_worker"),
+        (["model.lora={alpha: .inf}"], "model.lora.alpha"),
+        (["task.val_size=.inf"], "task.val_size"),
+        (["optim.lr=.nan"], "finite"),
+        (["name=../elsewhere"], "name"),
+        (["name=a/b"], "folder name"),
     ],
 )
 def test_bad_values_name_the_key(overrides, needle):
@@ -74,6 +84,43 @@ def test_malformed_and_missing_yaml(tmp_path):
         read_yaml(bad)
     with pytest.raises(LossearchError, match="file not found"):
         read_yaml(tmp_path / "nope.yaml")
+
+
+def test_a_key_written_twice_is_an_error_naming_it_and_its_line(tmp_path):
+    """PyYAML keeps the last of duplicate keys: the first ``optim``'s lr vanished."""
+    dup = tmp_path / "dup.yaml"
+    dup.write_text("optim:\n  lr: 0.1\nseed: 1\noptim:\n  epochs: 2\n")
+    with pytest.raises(LossearchError, match=r"dup.yaml \(line 4\): duplicate key 'optim'"):
+        read_yaml(dup)
+    nested = tmp_path / "nested.yaml"
+    nested.write_text("optim:\n  lr: 0.1\n  lr: 0.2\n")
+    with pytest.raises(LossearchError, match="duplicate key 'lr'"):
+        read_yaml(nested)
+    with pytest.raises(LossearchError, match="override 'optim={lr: 1, lr: 2}': duplicate"):
+        load_config(overrides=["optim={lr: 1, lr: 2}"])
+    merged = tmp_path / "merged.yaml"  # a merge key's keys may be set again: YAML's rule
+    merged.write_text("a: &x {b: 1, c: 2}\nd:\n  <<: *x\n  b: 3\n")
+    assert read_yaml(merged)["d"] == {"b": 3, "c": 2}
+
+
+def test_a_file_that_is_not_utf8_or_is_a_directory_is_named(tmp_path):
+    latin = tmp_path / "latin1.yaml"
+    latin.write_bytes("name: caf\xe9\n".encode("latin-1"))
+    with pytest.raises(LossearchError, match="latin1.yaml is not a UTF-8 text file"):
+        read_yaml(latin)
+    with pytest.raises(LossearchError, match="is a directory"):
+        read_yaml(tmp_path)
+
+
+def test_keys_another_task_reads_are_named_not_dropped():
+    from lossearch.config import ignored_task_keys
+
+    arith = load_config(overrides=["task.arith_ops=+-", "task.arith_max_operand=9"])
+    assert ignored_task_keys(arith.task) == []
+    as_jsonl = load_config(overrides=["task.arith_ops=+-", "task.name=jsonl"])
+    assert ignored_task_keys(as_jsonl.task) == ["task.arith_ops '+-' (arith only)"]
+    resolved = validate(load_config(overrides=["task.name=gsm8k"]).to_dict())
+    assert ignored_task_keys(resolved.task) == []  # every key at its default is no request
 
 
 def test_flatten_joins_nested_keys_and_inverts_overrides():
@@ -160,3 +207,25 @@ def test_checking_a_config_or_space_imports_no_torch():
                           text=True, cwd=REPO, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "none"
+
+
+def test_preflight_warns_once_of_the_keys_the_task_does_not_read(tmp_path):
+    import json
+    import warnings
+
+    from lossearch.config import IgnoredKeyWarning
+    from lossearch.preflight import preflight
+
+    rows = [{"prompt": f"q {i}: 1 + {i} =", "target": str(1 + i)} for i in range(80)]
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = load_config(overrides=["task.name=jsonl", f"task.train_file={data}", "task.val_size=8",
+                                 "task.arith_max_operand=9", "optim.batch_size=8"])
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        preflight(cfg)
+    [warning] = seen
+    assert warning.category is IgnoredKeyWarning
+    assert str(warning.message) == (
+        "task jsonl does not read task.arith_max_operand 9 (arith only): ignored"
+    )

@@ -50,7 +50,7 @@ def _none_as_empty(value: Any) -> Any:
 
 
 class _Schema(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class ParamSpec(_Schema):

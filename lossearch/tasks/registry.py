@@ -42,9 +42,12 @@ def get_task(name: str) -> Task:
 
 def task_spec(name: str, answer_pattern: str | None = None) -> TaskSpec:
     """The scoring spec of task ``name`` without loading data (``answer_pattern``: jsonl)."""
-    from lossearch.config import TaskConfig
+    from lossearch.config import TaskConfig, validate_as
 
-    return get_task(name).spec(TaskConfig(name=name, answer_pattern=answer_pattern))
+    task = get_task(name)
+    if answer_pattern is not None and name != "jsonl":
+        raise LossearchError(f"an answer pattern applies to task jsonl only, not {name}")
+    return task.spec(validate_as(TaskConfig, {"name": name, "answer_pattern": answer_pattern}))
 
 
 def load_task(cfg: TaskConfig, *, test: bool = True) -> TaskData:
