@@ -244,7 +244,9 @@ def export(
     experiment: str = typer.Argument(..., help="Experiment directory or URI."),
     metric: str = typer.Option(None, "--metric", help="Metric (default: the search's)."),
     mode: str = typer.Option(None, "--mode", help="max or min (default: the search's)."),
-    out: str = typer.Option("best.yaml", "--out", help="Where to write the config."),
+    out: str = typer.Option(
+        None, "--out", help="Where to write the config (default best.yaml; not with --model)."
+    ),
     per_loss: bool = typer.Option(False, "--per-loss", help="One file per loss family."),
     model: str = typer.Option(
         None, "--model", help="Write the best model's weights to this Hugging Face directory."
@@ -261,11 +263,17 @@ def export(
             raise LossearchError("--merge needs --model DIR")
         from lossearch.search.export import export_best
 
-        for path in export_best(experiment, metric=metric, mode=mode, out=out, per_loss=per_loss):
+        for path in export_best(experiment, metric=metric, mode=mode, out=out or "best.yaml",
+                                per_loss=per_loss):
             typer.echo(str(path))
         return
     if per_loss:
         raise LossearchError("--model exports one model: leave out --per-loss")
+    if out is not None:
+        raise LossearchError(
+            "--model DIR writes the config into DIR/lossearch.yaml: leave out --out (or export "
+            "the config alone without --model)"
+        )
     from lossearch.search.export_model import export_model
 
     info = export_model(experiment, model, merge=merge, metric=metric, mode=mode)
@@ -273,6 +281,8 @@ def export(
         f"{model}: {info['weights']} weights of {info['family']} (trial {info['trial_id']}, "
         f"seed {info['seed']}, epoch {info['epoch']})"
     )
+
+
 @app.command()
 def analyze(
     experiments: list[str] = typer.Argument(..., help="Experiment directories or URIs."),

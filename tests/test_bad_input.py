@@ -179,6 +179,8 @@ CASES: list[tuple[str, list[str], str]] = [
      "--out not_an_experiment is a directory"),
     ("export-out-under-a-file", ["export", "exps/existing", "--out", "ok.jsonl/best.yaml"],
      "ok.jsonl is not a directory"),
+    ("export-model-and-out", ["export", "exps/existing", "--model", "m", "--out", "x.yaml"],
+     "leave out --out"),
     ("export-model-under-a-file", ["export", "exps/existing", "--model", "ok.jsonl/model"],
      "ok.jsonl is not a directory"),
     ("analyze-out-is-a-file", ["analyze", "exps/existing", "--out", "ok.jsonl"],

@@ -123,6 +123,36 @@ def plan(
     return ConfirmPlan(metric=metric, mode=mode, seeds=seed_list, top_k=top_k, runs=runs)
 
 
+def read_plan(root: str) -> ConfirmPlan | None:
+    """The plan saved in ``root/confirm.yaml`` (``root``: ``EXP/confirm``), or None when
+    there is none.
+
+    Raises:
+        LossearchError: one line naming the file: unreadable, malformed YAML, or not a
+            confirm plan (its message says which key); deleting it lets confirm plan again.
+    """
+    from lossearch.config import validate_as
+
+    if not file_exists(root, PLAN_FILE):
+        return None
+    where = join_uri(root, PLAN_FILE)
+    fix = "delete it and re-run lossearch confirm to plan again"
+    try:
+        tree = yaml.safe_load(read_text(root, PLAN_FILE))
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        line = f" (line {mark.line + 1})" if mark is not None else ""
+        raise LossearchError(f"{where}: malformed YAML{line}; {fix}") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise LossearchError(f"cannot read {where}: {err}") from None
+    if not isinstance(tree, dict):
+        raise LossearchError(f"{where}: not a confirm plan (not a mapping); {fix}")
+    try:
+        return validate_as(ConfirmPlan, tree)
+    except LossearchError as err:
+        raise LossearchError(f"{where}: not a confirm plan ({err}); {fix}") from None
+
+
 # --------------------------------------------------------------------------- one run
 
 
@@ -218,7 +248,6 @@ def confirm(
     A plan already on disk is kept when it asks for the same seeds, ``top_k`` and metric;
     asking for others is an error (use another experiment copy) rather than a silent mix.
     """
-    from lossearch.config import validate_as
     from lossearch.preflight import preflight
     from lossearch.ray_train import check_ray_address
     from lossearch.search.driver import _fit, check_counts, warm_workers
@@ -228,8 +257,8 @@ def confirm(
         exp = absolute_path(exp)
     new = plan(exp, seeds=seeds, top_k=top_k, metric=metric)
     root = confirm_path(exp)
-    if file_exists(root, PLAN_FILE):
-        old = validate_as(ConfirmPlan, yaml.safe_load(read_text(root, PLAN_FILE)))
+    old = read_plan(root)
+    if old is not None:
         if (old.seeds, old.top_k, old.metric) != (new.seeds, new.top_k, new.metric):
             raise LossearchError(
                 f"{root} already holds a confirm with seeds {old.seeds}, top {old.top_k}, "

@@ -112,38 +112,164 @@ def search_header(entry: dict[str, Any]) -> str:
     )
 
 
+EXPORT_MARK = b"# lossearch export"
+"""How every config export begins (its header's first line, since the first release)."""
+
+
+def check_replaceable(path: Path) -> None:
+    """Return when ``path`` may be (re)written by an export: it is absent, empty, or an
+    earlier export (its first line starts with ``# lossearch export``); else a one-line
+    :class:`LossearchError` (a user's own file is never replaced)."""
+    try:
+        with path.open("rb") as f:
+            start = f.read(len(EXPORT_MARK))
+    except FileNotFoundError:
+        return
+    except OSError as err:
+        raise LossearchError(f"cannot read {path}: {err.strerror}") from None
+    if start and start != EXPORT_MARK:
+        raise LossearchError(
+            f"{path} exists and is not a lossearch export (its first line is not "
+            "'# lossearch export ...'): not replaced; move it or name another --out"
+        )
+
+
 def _write(entry: dict[str, Any], path: Path) -> None:
-    header = search_header(entry) + f"# re-run with: lossearch train --config {path.name}\n"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(header + yaml.safe_dump(entry["config"].to_dict(), sort_keys=False))
+    """Write ``entry``'s config to ``path`` (atomically) under its header: the confirmed
+    winner's ``header`` or :func:`search_header`, then the re-run command."""
+    from lossearch.storage import write_text
+
+    header = entry.get("header") or search_header(entry)
+    text = (
+        header + f"# re-run with: lossearch train --config {path.name}\n"
+        + yaml.safe_dump(entry["config"].to_dict(), sort_keys=False)
+    )
+    try:
+        write_text(str(path.parent), path.name, text)
+    except OSError as err:
+        raise LossearchError(f"cannot write {path}: {err.strerror or err}") from None
 
 
-def confirmed_winner(exp: str) -> dict[str, Any] | None:
-    """The confirm stage's winner of ``exp`` as an export entry (the verdict's rank 1), or
-    None without a verdict."""
+VERDICT_COLUMNS = ("rank", "loss", "config_id", "mean", "ci_low", "ci_high", "n_seeds",
+                   "n_questions")
+_COUNT_COLUMNS = ("rank", "n_seeds", "n_questions")
+
+
+def _rerun(exp: str) -> str:
+    return f"re-run lossearch confirm {exp}"
+
+
+def _read_file(folder: str, name: str, exp: str) -> str:
+    """The text of ``folder/name``; a one-line error naming it when absent or unreadable."""
+    from lossearch.storage import join_uri, read_text
+
+    where = join_uri(folder, name)
+    try:
+        return read_text(folder, name)
+    except FileNotFoundError:
+        raise LossearchError(f"{where}: missing; {_rerun(exp)}") from None
+    except OSError as err:
+        raise LossearchError(f"cannot read {where}: {err.strerror or err}") from None
+    except UnicodeDecodeError:
+        raise LossearchError(f"{where}: not a text file; {_rerun(exp)}") from None
+
+
+def read_verdict(exp: str) -> pd.DataFrame | None:
+    """``EXP/confirm/verdict.csv`` sorted by ``rank`` then ``mean`` (trial ids kept as
+    text), or None without one.
+
+    Raises:
+        LossearchError: one line naming the file: empty, not CSV, a column of
+            :data:`VERDICT_COLUMNS` missing, a count or metric column not numeric.
+    """
     import io
-    import json
 
     import pandas as pd
 
-    from lossearch.config import validate
     from lossearch.search.verdict_report import VERDICT_FILE
-    from lossearch.storage import file_exists, join_uri, read_text
+    from lossearch.storage import file_exists, join_uri
 
     confirm_dir = join_uri(exp, "confirm")
     if not file_exists(confirm_dir, VERDICT_FILE):
         return None
-    # Tune's trial ids are 8 hex digits: "01234567" or "8e123456" must stay text, not numbers
+    where = join_uri(confirm_dir, VERDICT_FILE)
+    text = _read_file(confirm_dir, VERDICT_FILE, exp)
+    try:
+        # Tune's trial ids are 8 hex digits: "01234567" or "8e123456" must stay text
+        table = pd.read_csv(io.StringIO(text), dtype={"config_id": str})
+    except pd.errors.EmptyDataError:
+        raise LossearchError(f"{where}: empty, not a lossearch verdict; {_rerun(exp)}") from None
+    except ValueError as err:  # pandas' ParserError, a bad encoding
+        why = str(err).strip().splitlines()[-1] if str(err).strip() else "unreadable"
+        raise LossearchError(f"{where}: not a CSV verdict ({why}); {_rerun(exp)}") from None
+    for col in VERDICT_COLUMNS:
+        if col not in table.columns:
+            raise LossearchError(
+                f"{where}: not a lossearch verdict (no '{col}' column); {_rerun(exp)}"
+            )
+    for col in ("rank", "mean", "ci_low", "ci_high", "n_seeds", "n_questions"):
+        values = pd.to_numeric(table[col], errors="coerce")
+        bad = values.isna() & table[col].notna()
+        if bad.any() or (col in _COUNT_COLUMNS and values.isna().any()):
+            raise LossearchError(
+                f"{where}: not a lossearch verdict (column '{col}' holds a value that is not "
+                f"a number); {_rerun(exp)}"
+            )
+        table[col] = values
     # rank: the verdict's own (1 = best mean, in the confirm's direction)
-    table = pd.read_csv(
-        io.StringIO(read_text(confirm_dir, VERDICT_FILE)), dtype={"config_id": str}
-    ).sort_values(["rank", "mean"])
-    if table.empty:
+    return table.sort_values(["rank", "mean"])
+
+
+def read_result(exp: str, run_id: str) -> dict[str, Any]:
+    """``EXP/confirm/runs/<run_id>/result.json`` with a valid ``config`` and a non-empty
+    ``seeds`` list.
+
+    Raises:
+        LossearchError: one line naming the file: missing, malformed JSON, not a result
+            (no mapping, no ``config`` or ``seeds``), a config that does not validate.
+    """
+    import json
+
+    from lossearch.config import validate
+    from lossearch.search.confirm import RESULT_FILE
+    from lossearch.storage import join_uri
+
+    run_dir = join_uri(exp, "confirm", "runs", run_id)
+    where = join_uri(run_dir, RESULT_FILE)
+    text = _read_file(run_dir, RESULT_FILE, exp)
+    fix = f"delete it and {_rerun(exp)}"
+    try:
+        record = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise LossearchError(f"{where}: malformed JSON (line {err.lineno}); {fix}") from None
+    seeds = record.get("seeds") if isinstance(record, dict) else None
+    if not isinstance(record, dict) or not isinstance(record.get("config"), dict):
+        raise LossearchError(f"{where}: not a confirm result (no 'config' mapping); {fix}")
+    if not (isinstance(seeds, list) and seeds and all(isinstance(s, int) for s in seeds)):
+        raise LossearchError(f"{where}: not a confirm result (no 'seeds' list); {fix}")
+    try:
+        record["config"] = validate(record["config"])
+    except LossearchError as err:
+        raise LossearchError(f"{where}: {err}; {fix}") from None
+    return record
+
+
+def confirmed_winner(exp: str) -> dict[str, Any] | None:
+    """The confirm stage's winner of ``exp`` as an export entry (the verdict's rank 1), or
+    None without a verdict (or with one that has no rows).
+
+    Raises:
+        LossearchError: one line naming the file, when ``verdict.csv`` or the winner's
+            ``result.json`` is missing, corrupt or not lossearch's (see :func:`read_verdict`,
+            :func:`read_result`).
+    """
+    table = read_verdict(exp)
+    if table is None or table.empty:
         return None
     top = table.iloc[0]
     run_id = f"{top['loss']}-{top['config_id']}"
-    record = json.loads(read_text(join_uri(confirm_dir, "runs", run_id), "result.json"))
-    cfg = validate(record["config"]).model_copy(update={"seed": int(record["seeds"][0])})
+    record = read_result(exp, run_id)
+    cfg = record["config"].model_copy(update={"seed": int(record["seeds"][0])})
     return {
         "config": cfg,
         "family": str(top["loss"]),
@@ -187,19 +313,16 @@ def export_best(
     The confirmed winner when a verdict exists (and none of ``per_loss``, ``metric``, ``mode``
     is asked for), else the search's best by validation (from ``trials``, the
     experiment's trials frame, when the caller has it; else it is read).
+
+    Every target is checked before the first is written: a directory, a path under a file,
+    or an existing file that is not an earlier export (:func:`check_replaceable`: a user's
+    own YAML) is a one-line :class:`LossearchError` and nothing is written. Each file is
+    written atomically (a temporary file, then a rename).
     """
     from lossearch.storage import check_local_target
 
     out = check_local_target(out, "--out", kind="file")  # absolute, ~ expanded
     winner = None if per_loss else pick_winner(exp, metric, mode, trials=trials)
-    if winner is not None and "run_id" in winner:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(
-            winner["header"] + f"# re-run with: lossearch train --config {out.name}\n"
-            + yaml.safe_dump(winner["config"].to_dict(), sort_keys=False)
-        )
-        return [out]
-    written = []
     entries = [winner] if winner is not None else best_configs(
         exp, metric, mode, per_loss, trials=trials
     )
@@ -209,7 +332,7 @@ def export_best(
     ]
     for path in paths:  # every one checked before the first is written
         check_local_target(path, "--out", kind="file")
+        check_replaceable(path)
     for entry, path in zip(entries, paths, strict=True):
         _write(entry, path)
-        written.append(path)
-    return written
+    return paths

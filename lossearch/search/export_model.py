@@ -83,7 +83,11 @@ def _final_model(run_dir: Path, seed: int, epochs: int) -> tuple[Path, int, dict
     ckpt = latest_checkpoint(run_dir) if run_dir.is_dir() else None
     if ckpt is None:
         raise LossearchError(f"no complete checkpoint (checkpoint_*/state.json) in {run_dir}")
-    state, history = read_state(ckpt)
+    try:
+        state, history = read_state(ckpt)
+    except (OSError, ValueError) as err:  # a missing or malformed history.jsonl
+        why = err.strerror if isinstance(err, OSError) else "malformed JSON"
+        raise LossearchError(f"checkpoint {ckpt} is unreadable: {why}") from None
     epoch = int(state["epoch"])
     if epoch < epochs:
         raise LossearchError(
