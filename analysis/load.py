@@ -22,6 +22,7 @@ through ``ray.tune.ExperimentAnalysis``: ``docs/CONTRACTS.md``, "Analysis".
 from __future__ import annotations
 
 import math
+import os
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -52,6 +53,8 @@ __all__ = [
     "STATUSES",
     "Experiment",
     "PartialExperimentWarning",
+    "check_distinct",
+    "experiment_key",
     "experiment_name",
     "history_frame",
     "is_experiment",
@@ -104,6 +107,41 @@ def experiment_name(path: str | PathLike[str]) -> str:
     return Path(text).expanduser().resolve().name
 
 
+def experiment_key(path: str | PathLike[str]) -> str:
+    """What identifies the experiment at ``path``: a local path made absolute with ``~``
+    expanded and symlinks followed (``exps/x``, ``exps/x/`` and ``/abs/exps/x`` are one key);
+    a storage URI as given, less a trailing ``/`` of its path (``?query`` kept)."""
+    text = os.fspath(path)
+    if is_uri(text):
+        where, sep, query = text.partition("?")
+        return where.rstrip("/") + sep + query
+    return Path(text).expanduser().resolve().as_posix()
+
+
+def check_distinct(paths: Iterable[str | PathLike[str]]) -> None:
+    """Refuse an experiment given twice (same :func:`experiment_key`): its trials would be
+    counted twice, inflating ``n`` and making p-values falsely significant.
+
+    Raises:
+        LossearchError: ``"experiment given twice: PATH"`` (both spellings when they differ).
+    """
+    seen: dict[str, str] = {}
+    for path in paths:
+        text, key = os.fspath(path), experiment_key(path)
+        if key in seen:
+            first = seen[key]
+            also = "" if first == text else f" (as {first} and as {text})"
+            raise LossearchError(f"experiment given twice: {first}{also}")
+        seen[key] = text
+
+
+def _check_found(loc: Location) -> None:
+    """Refuse a local path that does not exist (``"experiment not found: PATH"``); a URI is
+    left to :func:`~analysis.tune_files.read_state`."""
+    if not loc.is_uri and not Path(loc.root).exists():
+        raise LossearchError(f"experiment not found: {loc.display}")
+
+
 def _settings(loc: Location) -> dict[str, Any]:
     try:
         found = loc.fs.get_file_info(loc.join(SEARCH_FILE)).type == pafs.FileType.File
@@ -140,13 +178,17 @@ def read_experiments(paths: Paths) -> list[Experiment]:
     :func:`load_history`) are built from this.
 
     Raises:
-        LossearchError: a path without an ``experiment_state-*.json`` (``"not a Ray Tune
-            experiment: PATH"``), a URI that cannot be opened, a malformed search file.
+        LossearchError: an experiment given twice (:func:`check_distinct`), a local path
+            that does not exist (``"experiment not found: PATH"``), a path without an
+            ``experiment_state-*.json`` (``"not a Ray Tune experiment: PATH"``), a URI that
+            cannot be opened, a malformed search file.
     """
-    items: Iterable[str | PathLike[str]] = [paths] if isinstance(paths, (str, PathLike)) else paths
+    items = [paths] if isinstance(paths, (str, PathLike)) else list(paths)
+    check_distinct(items)
     experiments = []
     for path in items:
         loc = locate(path)
+        _check_found(loc)
         state = read_state(loc)
         settings = _settings(loc)
         if not settings:
@@ -243,7 +285,8 @@ def load_trials(paths: Paths, *, modes: Mapping[str, str] | None = None) -> pd.D
     Args:
         paths: experiment directories or storage URIs (``s3://bucket/exp``); each must hold an
             ``experiment_state-*.json``, else :class:`~lossearch.errors.LossearchError`
-            ``"not a Ray Tune experiment: PATH"``.
+            ``"not a Ray Tune experiment: PATH"`` (``"experiment not found: PATH"`` for a
+            local path that does not exist); none may be given twice (:func:`check_distinct`).
         modes: per-metric direction overrides for ``best.*`` (``{"perplexity": "min"}``);
             see :func:`metric_mode` for the default rule.
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ from analysis.agreement import rank_agreement
 from analysis.expected_max import expected_max, summarize_expected_max
 from analysis.importance import parameter_importance
 from analysis.load import (
+    check_distinct,
     experiment_name,
     history_frame,
     metric_mode,
@@ -49,6 +51,10 @@ from lossearch.storage import is_uri
 
 DEFAULT_METRIC = "exact_match"
 GROUP = ("task", "model")
+#: Written into an output folder before anything else: the folder is an analysis's, which a
+#: later analysis may overwrite (:func:`check_out_dir`).
+MARKER = ".lossearch_analysis"
+REPORT_TITLE = "# Loss search analysis"
 
 
 @dataclass
@@ -77,9 +83,40 @@ class Analysis:
 
 def default_out_dir(first: str | PathLike[str]) -> Path:
     """``<EXP>/analysis`` for a local experiment, ``./analysis-<name>`` for a storage URI."""
-    if is_uri(first):
+    if is_uri(os.fspath(first)):
         return Path.cwd() / f"analysis-{experiment_name(first)}"
     return Path(first).expanduser().resolve() / "analysis"
+
+
+def is_analysis_dir(path: Path) -> bool:
+    """True when ``path`` holds an earlier analysis: its :data:`MARKER`, or (written before
+    the marker existed) ``trials.parquet`` beside a ``report.md`` that starts with
+    :data:`REPORT_TITLE`."""
+    if (path / MARKER).is_file():
+        return True
+    report = path / "report.md"
+    if not ((path / "trials.parquet").is_file() and report.is_file()):
+        return False
+    try:
+        with report.open(encoding="utf-8", errors="replace") as f:
+            return f.readline().rstrip("\n") == REPORT_TITLE
+    except OSError:
+        return False
+
+
+def check_out_dir(out_dir: Path, shown: str) -> None:
+    """Refuse to write into ``out_dir`` when it is a non-empty folder that is not an earlier
+    analysis (:func:`is_analysis_dir`): its files would be replaced. Absent, empty or an
+    earlier analysis: fine. ``shown`` names it in the message (``"--out DIR"``).
+
+    Raises:
+        LossearchError: ``"SHOWN is not empty and not an earlier lossearch analysis"``.
+    """
+    if not out_dir.is_dir() or is_analysis_dir(out_dir) or not any(out_dir.iterdir()):
+        return
+    raise LossearchError(
+        f"{shown} is not empty and not an earlier lossearch analysis; name another folder"
+    )
 
 
 # --------------------------------------------------------------------------- formatting
@@ -261,15 +298,27 @@ def run_analysis(
     draw, and ``report.md`` linking those that were written. What the rankings left out
     (pruned, errored or short trials ...) goes to ``notes``.
 
+    Every check comes before anything is written: ``out`` must be absent, empty or an
+    earlier analysis (:func:`check_out_dir`, which also applies to the default folder);
+    :data:`MARKER` is then written first, so that a re-run may overwrite the folder.
+
     Raises:
-        LossearchError: a path that is not an experiment, an unknown metric, a bad mode.
+        LossearchError: an experiment given twice, a path that does not exist or is not an
+            experiment, an ``out`` that is a file or a non-empty folder of something else, an
+            unknown metric, a bad mode.
     """
     if not paths:
         raise LossearchError("no experiment given")
     paths = list(paths)
+    check_distinct(paths)
     from lossearch.storage import check_local_target
 
-    given_out = None if out is None else check_local_target(out, "--out", kind="dir")
+    if out is None:
+        out_dir = default_out_dir(paths[0])
+        check_out_dir(out_dir, f"output folder {out_dir}")
+    else:
+        out_dir = check_local_target(out, "--out", kind="dir")
+        check_out_dir(out_dir, f"--out {out}")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         experiments = read_experiments(paths)  # each experiment's files read once
@@ -281,8 +330,8 @@ def run_analysis(
     metric, mode = _resolve_metric(experiments[0].settings, metric, mode)
     if not trials.empty:
         metric_column(trials, metric)  # an unknown metric is a user error
-    out_dir = given_out if given_out is not None else default_out_dir(paths[0])
     out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / MARKER).write_text("written by lossearch analyze; a re-run may overwrite it\n")
 
     result = Analysis(
         out_dir=out_dir,
@@ -365,7 +414,7 @@ _FIGURE_TITLES = {
 def render_report(result: Analysis) -> str:
     """The markdown of ``report.md``: tables plus links to the figures that exist on disk."""
     trials = result.trials
-    parts = ["# Loss search analysis\n"]
+    parts = [f"{REPORT_TITLE}\n"]
     names = sorted(trials["experiment"].dropna().unique()) if len(trials) else []
     parts.append(
         f"Experiments: {', '.join(f'`{n}`' for n in names) or '(none with results)'}  \n"
