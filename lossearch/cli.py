@@ -315,6 +315,28 @@ def analyze(
     typer.echo(f"report: {result.out_dir / 'report.md'}")
 
 
+def refuse_repeated_options(args: list[str]) -> None:
+    """A one-value option given twice (``--out a.yaml --out b.yaml``) is an error: the parser
+    would keep the last and drop the first without a word. Options that take several values
+    (``--warm-start``) and flags may repeat; ``--`` ends the options."""
+    command = typer.main.get_command(app)
+    name = next((a for a in args if not a.startswith("-")), None)
+    sub = getattr(command, "commands", {}).get(name) if name else None
+    if sub is None:
+        return  # an unknown command is click's error
+    counts: dict[str, int] = {}
+    for arg in args[: args.index("--")] if "--" in args else args:
+        for param in sub.params:
+            if param.param_type_name != "option" or param.multiple or param.is_flag:
+                continue
+            if any(arg == opt or (opt.startswith("--") and arg.startswith(opt + "="))
+                   for opt in param.opts):
+                counts[param.opts[0]] = counts.get(param.opts[0], 0) + 1
+    repeated = [opt for opt, n in counts.items() if n > 1]
+    if repeated:
+        raise LossearchError(f"{repeated[0]} given more than once; give it once")
+
+
 def main() -> None:
     """Console-script entry point: run the app, turn user errors into one line and exit 2.
 
@@ -326,6 +348,7 @@ def main() -> None:
     catch_stop_signals()
     one_line_warnings()
     try:
+        refuse_repeated_options(sys.argv[1:])
         app(standalone_mode=False)
     except Interrupted as stop:
         _exit_interrupted(stop)

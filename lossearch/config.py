@@ -408,8 +408,14 @@ def validate(tree: dict[str, Any]) -> TrainConfig:
 def load_config(
     path: str | Path | None = None, overrides: list[str] | dict[str, Any] | None = None
 ) -> TrainConfig:
-    """Load YAML (or defaults when ``path`` is None), apply overrides, validate."""
+    """Load YAML (or defaults when ``path`` is None), apply overrides, validate. A search
+    space file given here (top-level ``base`` with ``space`` or ``grid``) is named as one."""
     tree = read_yaml(path) if path is not None else {}
+    if "base" in tree and ("space" in tree or "grid" in tree):
+        raise LossearchError(
+            f"{path} is a search space, not a training config: use lossearch search --space "
+            f"{path} (or its base: section as a config)"
+        )
     if overrides:
         tree = apply_overrides(tree, overrides)
     return validate(tree)

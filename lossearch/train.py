@@ -107,7 +107,14 @@ def _check_continues(out: Path, cfg: TrainConfig) -> None:
         return
     from lossearch.config import flatten, read_yaml, validate
 
-    old, new = flatten(validate(read_yaml(path)).to_dict()), flatten(cfg.to_dict())
+    try:
+        old = flatten(validate(read_yaml(path)).to_dict())
+    except LossearchError as err:
+        raise LossearchError(
+            f"--out {out} holds a config.yaml that is not a valid config ({err}): name another "
+            "--out"
+        ) from None
+    new = flatten(cfg.to_dict())
     changed = [k for k in sorted(old.keys() | new.keys())
                if old.get(k) != new.get(k) and k not in CONTINUE_MAY_CHANGE]
     if changed:

@@ -72,6 +72,15 @@ def _make_files(root: Path) -> None:
     (exp / "run_trial_0001" / "params.json").write_text('{"loss.family": "ce"}')
     (exp / "run_trial_0001" / "result.json").write_text('{"epoch": 1, "exact_match": 0.5}\n')
     (exp / "trainings").mkdir()
+    # an experiment whose saved space this lossearch does not read (a key of another version)
+    old = root / "oldexp"
+    old.mkdir()
+    (old / "lossearch_search.yaml").write_text(
+        yaml.safe_dump({**meta, "space": {**_space(), "extra": 1}, "overrides": {}})
+    )
+    (root / "cfg.yaml").write_text("task: {name: arith}\n")
+    (root / "badrun").mkdir()
+    (root / "badrun" / "config.yaml").write_text("foo: 1\n")
 
 
 # (case id, argv, a fragment the one error line must contain)
@@ -110,6 +119,10 @@ CASES: list[tuple[str, list[str], str]] = [
      "not_an_experiment is a directory"),
     ("train-infinite-lr", ["train", "optim.lr=.inf"], "'optim.lr': Input should be a finite"),
     ("train-infinite-val-size", ["train", "task.val_size=.inf"], "got inf"),
+    ("train-config-is-a-space", ["train", "--config", str(QUICK)],
+     "is a search space, not a training config"),
+    ("train-out-with-a-bad-config", ["train", "--out", "badrun", *SMALL],
+     "holds a config.yaml that is not a valid config (config key 'foo': unknown key)"),
     ("train-name-is-a-path", ["train", "name=../elsewhere"], "must be a folder name"),
     ("train-log-to-nothing", ["train", "--log-to", ",", *SMALL], "names no tracker"),
     # ---- lossearch score
@@ -138,6 +151,11 @@ CASES: list[tuple[str, list[str], str]] = [
          "task.validation_file=ok.jsonl", "task.max_length=16"],
         "max_length",
     ),
+    ("search-space-is-a-config", ["search", "--space", "cfg.yaml"],
+     "is a training config, not a search space"),
+    ("search-warm-start-of-another-version",
+     ["search", "--space", str(QUICK), "--warm-start", "oldexp"],
+     "oldexp: its saved space does not load: config key 'extra': unknown key"),
     ("search-duplicate-space-key", ["search", "--space", "space_dup.yaml"],
      "duplicate key 'space'"),
     ("search-infinite-range", ["search", "--space", "space_inf.yaml"],
@@ -189,6 +207,10 @@ CASES: list[tuple[str, list[str], str]] = [
     ("unknown-command", ["report", "exps/existing"], "No such command 'report'"),
     ("unknown-option", ["search", "--space", str(QUICK), "--bogus"], "No such option: --bogus"),
     ("missing-argument", ["confirm"], "Missing argument"),
+    ("option-given-twice", ["score", "ok.jsonl", "--task", "arith", "-t", "gsm8k"],
+     "--task given more than once"),
+    ("option-given-twice-with-equals", ["export", "exps/existing", "--out=a.yaml", "--out",
+                                        "b.yaml"], "--out given more than once"),
     ("option-not-a-number", ["search", "--space", str(QUICK), "--max-concurrent", "x"],
      "--max-concurrent"),
 ]

@@ -333,6 +333,10 @@ def _probe_family(base: dict[str, Any], fam: Family) -> None:
                 raise
 
 
+_CONFIG_SECTIONS = {"task", "model", "loss", "optim", "eval", "scaling"}
+"""Top-level keys of a training config (:class:`~lossearch.config.TrainConfig`)."""
+
+
 def load_space(
     path_or_mapping: str | Path | Mapping[str, Any],
     overrides: list[str] | dict[str, Any] | None = None,
@@ -351,6 +355,11 @@ def load_space(
         raw = copy.deepcopy(dict(path_or_mapping))
     else:
         raw = read_yaml(path_or_mapping)
+        if "base" not in raw and "space" not in raw and raw.keys() & _CONFIG_SECTIONS:
+            raise LossearchError(
+                f"{path_or_mapping} is a training config, not a search space: use lossearch "
+                "train --config, or put it under base: with a space: (docs/search_space.md)"
+            )
     file = parse_space_file(raw)
     settings = file.settings()
     base = copy.deepcopy(file.base)

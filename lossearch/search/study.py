@@ -323,7 +323,10 @@ def _earlier(sp: Any, exp: str, metric: str, mode: str) -> dict[str, Any]:
     meta = read_meta(exp)
     if not isinstance(meta, dict) or "space" not in meta:
         raise LossearchError(f"--warm-start {exp}: not a lossearch experiment")
-    old = load_space(meta["space"], meta["overrides"])
+    try:
+        old = load_space(meta["space"], meta["overrides"])
+    except LossearchError as err:  # written by another lossearch, whose schema differed
+        raise LossearchError(f"--warm-start {exp}: its saved space does not load: {err}") from None
     key = space_difference(sp, old)
     if key is not None:
         raise LossearchError(f"--warm-start {exp}: a different search space (first: '{key}')")
