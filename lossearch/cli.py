@@ -263,7 +263,8 @@ def export(
             raise LossearchError("--merge needs --model DIR")
         from lossearch.search.export import export_best
 
-        for path in export_best(experiment, metric=metric, mode=mode, out=out or "best.yaml",
+        target = "best.yaml" if out is None else out
+        for path in export_best(experiment, metric=metric, mode=mode, out=target,
                                 per_loss=per_loss):
             typer.echo(str(path))
         return

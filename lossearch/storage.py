@@ -138,6 +138,8 @@ def check_local_target(path: str | Path, flag: str, *, kind: Literal["file", "di
     absent or already a ``kind``, and its nearest existing ancestor is a directory. Else a
     one-line :class:`~lossearch.errors.LossearchError` naming ``flag`` (checked before
     anything is written, so a bad path damages nothing)."""
+    if not str(path).strip():
+        raise LossearchError(f"{flag} is empty; name a {'folder' if kind == 'dir' else 'file'}")
     target = Path(path).expanduser().resolve()
     if target.exists() and target.is_dir() != (kind == "dir"):
         what = "a directory; name a file" if target.is_dir() else "a file, not a directory"

@@ -201,6 +201,7 @@ CASES: list[tuple[str, list[str], str]] = [
      "leave out --out"),
     ("export-model-under-a-file", ["export", "exps/existing", "--model", "ok.jsonl/model"],
      "ok.jsonl is not a directory"),
+    ("export-out-empty", ["export", "exps/existing", "--out", ""], "--out is empty; name a file"),
     ("analyze-out-is-a-file", ["analyze", "exps/existing", "--out", "ok.jsonl"],
      "--out ok.jsonl is a file"),
     # ---- usage errors (typer/click): unknown command or option, missing argument, bad value
