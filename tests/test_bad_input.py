@@ -79,6 +79,7 @@ def _make_files(root: Path) -> None:
         yaml.safe_dump({**meta, "space": {**_space(), "extra": 1}, "overrides": {}})
     )
     (root / "cfg.yaml").write_text("task: {name: arith}\n")
+    (root / "half.jsonl").write_text('{"prompt": "a", "target": \n')
     (root / "badrun").mkdir()
     (root / "badrun" / "config.yaml").write_text("foo: 1\n")
 
@@ -110,6 +111,10 @@ CASES: list[tuple[str, list[str], str]] = [
          "task.test_file=no_test.jsonl"],
         "no_test.jsonl",
     ),
+    # datasets logs its own line of a parse error, and wraps the cause in a generic one
+    ("train-malformed-data-file",
+     ["train", "task.name=jsonl", "task.train_file=half.jsonl", "task.test_file=ok.jsonl"],
+     "could not read"),
     ("train-renamed-key", ["train", "task.eval_size=20"], "use task.val_size"),
     ("train-duplicate-yaml-key", ["train", "--config", "dup.yaml"],
      "dup.yaml (line 4): duplicate key 'optim'"),

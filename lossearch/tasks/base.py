@@ -93,6 +93,10 @@ class TaskData:
 
 
 def _first_line(exc: BaseException) -> str:
+    """The first line of the innermost exception ``exc`` was raised from (``datasets`` wraps
+    a parse error, "JSON parse error: ... in row 0", in a generic one)."""
+    while exc.__cause__ is not None or exc.__context__ is not None:
+        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
 
@@ -114,10 +118,14 @@ def read_rows(path: str | Path) -> list[dict[str, Any]]:
     import datasets
 
     datasets.disable_progress_bars()
+    verbosity = datasets.logging.get_verbosity()
+    datasets.logging.set_verbosity(datasets.logging.CRITICAL)  # its own line of a parse error
     try:
         ds = datasets.load_dataset(builder, data_files=str(p), split="train")
     except Exception as exc:  # datasets wraps parse errors in several types
         raise LossearchError(f"could not read {p}: {_first_line(exc)}") from None
+    finally:
+        datasets.logging.set_verbosity(verbosity)
     return ds.to_list()
 
 
