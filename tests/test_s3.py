@@ -149,3 +149,22 @@ def test_export_of_a_confirmed_experiment_in_the_bucket_is_the_confirmed_winner(
     assert "focal (trial 0a1b2c3d), confirmed on the test split: mean 0.3750" in first
     best = yaml.safe_load(body)
     assert best["seed"] == 7 and best["loss"]["focal"]["weight"] == 0.4
+
+
+def test_search_into_the_bucket_refuses_to_end_on_a_users_best_yaml(
+    moto_s3: dict, tmp_path: Path
+) -> None:
+    """An ``s3://`` search writes its best config to ``./best-<name>.yaml``; a user's own file
+    there is named before the search starts, not found (and kept) once it has ended."""
+    from tests.procs import REPO
+
+    mine = tmp_path / "best-fresh.yaml"
+    mine.write_text("# my notes\nlr: 1\n")
+    done = procs.run_cli(
+        ["search", "--space", str(REPO / "search_spaces" / "quick.yaml"), "--storage",
+         f"s3://{BUCKET}/refused", "--name", "fresh"],
+        cwd=tmp_path, env=procs.lossearch_env(moto_s3["env"]),
+    )
+    assert "best-fresh.yaml exists and is not a lossearch export" in procs.error_line(done)
+    assert mine.read_text() == "# my notes\nlr: 1\n"
+    assert s3_files(s3fs(moto_s3["port"]), f"{BUCKET}/refused") == {}

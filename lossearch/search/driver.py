@@ -183,6 +183,11 @@ def run_search(
         raise LossearchError(
             f"experiment already exists: {exp_path} (use `lossearch resume` or another --name)"
         )
+    if is_uri(exp_path):  # its best config goes to ./best-<name>.yaml: not a user's own file
+        from lossearch.search.export import check_replaceable
+        from lossearch.search.report import best_config_path
+
+        check_replaceable(best_config_path(exp_path))
     from lossearch.search import study
 
     if optuna_storage:
