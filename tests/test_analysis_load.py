@@ -160,7 +160,7 @@ def test_pruned_trials_stop_early_and_still_rank(trials: pd.DataFrame) -> None:
 def test_non_experiment_path(tmp_path: Path) -> None:
     with pytest.raises(LossearchError, match=r"^not a Ray Tune experiment: "):
         load_trials(tmp_path)
-    with pytest.raises(LossearchError, match="not a Ray Tune experiment"):
+    with pytest.raises(LossearchError, match=r"^experiment not found: .*missing$"):
         load_trials(tmp_path / "missing")
 
 
