@@ -5,7 +5,8 @@ configuration and seed, with the path of each seed's per-question predictions). 
 (task, model) and loss family, one configuration is judged: the one chosen by *validation*,
 never by test. Its per-question correctness over seeds, a matrix ``X[s, q]`` (seed s,
 question q), gives the mean, a bootstrap interval, and paired comparisons with the CE
-baseline and with the answer-only CE control on the same questions.
+baseline and with the answer-only CE control on the same questions and seeds, whose
+intervals and tests count the seeds' variance as well as the questions'.
 """
 
 from __future__ import annotations
@@ -51,8 +52,6 @@ VERDICT_COLUMNS = [
     "p_vs_control",
     "lr_edge",
 ]
-#: Largest number of non-zero paired differences whose 2**n sign flips are enumerated.
-EXACT_MAX = 16
 # Elements of one bootstrap chunk (draws x questions): ~16 MB of float64.
 _CHUNK_ELEMENTS = 2_000_000
 _CE_NAMES = ("delta_vs_ce", "delta_ci_low", "delta_ci_high", "p_value")
@@ -100,53 +99,85 @@ def bootstrap_ci(
     return _interval(np.concatenate(draws), alpha)
 
 
-def paired_ci(
-    diff: np.ndarray, rng: np.random.Generator, n_boot: int = 10_000, alpha: float = 0.05
-) -> tuple[float, float]:
-    """Percentile bootstrap interval of ``mean(d)``, resampling questions with replacement.
+def crossed_mean_variance(table: np.ndarray) -> tuple[float, float]:
+    """Variance of the grand mean of a crossed ``S x Q`` table (seeds x questions, one value
+    per cell), and its Satterthwaite degrees of freedom.
 
-    ``d[q]`` is a per-question paired difference (here: the family's correctness on q averaged
-    over its seeds minus the baseline's averaged over its seeds). Each draw takes Q question
-    indices uniformly with replacement and the mean of ``d`` over them.
+    With ``D[s, q] = mu + b_s + a_q + e_sq`` (seed, question, residual), the mean's variance
+    is ``var(b)/S + var(a)/Q + var(e)/(S Q)``. From the two-way ANOVA mean squares ``MS_S``
+    (seeds, S-1 df), ``MS_Q`` (questions, Q-1 df) and ``MS_E`` ((S-1)(Q-1) df) its unbiased
+    estimate is ``(MS_S + MS_Q - MS_E) / (S Q)``, floored at ``MS_Q / (S Q)`` (the questions'
+    part alone: a negative estimate of the seeds' part does not narrow it), with
+    ``df = V^2 / sum_i (c_i MS_i)^2 / df_i`` (V the floored sum ``sum_i c_i MS_i``). One
+    seed: ``var(D[0, :]) / Q`` with Q-1 df. Fewer than 2 questions: NaN.
     """
-    d = np.asarray(diff, dtype=float)
-    n = d.size
-    draws = [d[rng.integers(0, n, size=(size, n))].mean(axis=1) for size in _chunks(n_boot, n)]
-    return _interval(np.concatenate(draws), alpha)
+    d = np.asarray(table, dtype=float)
+    n_seeds, n_questions = d.shape
+    if n_questions < 2:
+        return math.nan, math.nan
+    mean, by_seed, by_question = d.mean(), d.mean(axis=1), d.mean(axis=0)
+    ms_q = n_seeds * float(((by_question - mean) ** 2).sum()) / (n_questions - 1)
+    terms = [(ms_q, n_questions - 1)]
+    if n_seeds > 1:
+        ms_s = n_questions * float(((by_seed - mean) ** 2).sum()) / (n_seeds - 1)
+        residual = d - by_seed[:, None] - by_question[None, :] + mean
+        df_e = (n_seeds - 1) * (n_questions - 1)
+        terms += [(ms_s, n_seeds - 1), (-float((residual**2).sum()) / df_e, df_e)]
+    total = max(sum(term for term, _ in terms), ms_q)
+    if total <= 0:
+        return 0.0, math.inf
+    # the df of every term, also when the floor holds: the seeds' part is estimated from
+    # S - 1 df whether it comes out above or below zero (simulated: 5 % level held)
+    df = total**2 / sum(term**2 / dof for term, dof in terms)
+    return total / (n_seeds * n_questions), float(df)
 
 
-def sign_flip_test(
-    diff: np.ndarray, rng: np.random.Generator, n_boot: int = 10_000, exact_max: int = EXACT_MAX
-) -> float:
-    """Two-sided paired sign-flip permutation test of ``H0: d[q]`` symmetric about 0.
+def paired_t(
+    x: np.ndarray, y: np.ndarray, alpha: float = 0.05, *, same_seeds: bool = True
+) -> tuple[float, float, float]:
+    """Interval and two-sided p-value of ``delta = mean(X) - mean(Y)``, two families' scores
+    ``X[s, q]``, ``Y[s', q]`` on the same Q test questions, with the seed-to-seed variance
+    counted as well as the questions'.
 
-    The statistic is ``T = sum_q d[q]`` (equivalently the mean). Under H0 each difference's
-    sign is exchangeable, so ``T* = sum_q e_q d[q]`` with ``e_q`` in ``{-1, +1}``. Zero
-    differences do not change T* and are dropped; with none left, p = 1.
+    A family's test score varies from trained seed to trained seed as well as from question
+    to question; "this loss beats CE" is a claim about the training, so both are sampling
+    variance. An interval over questions alone describes these trained models: with a few
+    seeds it calls significant a difference that other seeds would not reproduce.
 
-    * n ≤ ``exact_max`` non-zero differences: all ``2**n`` sign vectors are enumerated and
-      ``p = #{|T*| >= |T|} / 2**n`` (exact; the identity flip is one of them, so p ≥ 2**-n).
-    * otherwise Monte Carlo with ``n_boot`` uniform random sign vectors:
-      ``p = (1 + #{|T*| >= |T|}) / (1 + n_boot)``.
+    * ``same_seeds`` (both trained under the same seed values, which fix the initialisation
+      and the data order: row s of X pairs with row s of Y): ``var(delta)`` is
+      :func:`crossed_mean_variance` of ``D = X - Y``;
+    * otherwise ``var(mean X) + var(mean Y) - 2 cov(xbar_q, ybar_q) / Q`` (the questions are
+      shared; ``xbar_q`` = the mean over seeds), floored at ``var(xbar_q - ybar_q) / Q``, with
+      the smaller of the two sides' degrees of freedom.
 
-    ``>=`` allows a relative tolerance of 1e-9 for floating-point sums.
+    Returns ``(low, high, p)``: ``delta -+ t_{df, 1-alpha/2} se`` and
+    ``p = 2 P(T_df >= |delta| / se)``; with ``se = 0`` the interval is ``[delta, delta]``
+    and p is 1 for ``delta = 0``, else 0.
     """
-    d = np.asarray(diff, dtype=float)
-    nz = d[d != 0]
-    n = nz.size
-    if n == 0:
-        return 1.0
-    observed = abs(float(nz.sum()))
-    threshold = observed - 1e-9 * max(1.0, float(np.abs(nz).sum()))
-    if n <= exact_max:
-        bits = (np.arange(2**n)[:, None] >> np.arange(n)) & 1
-        stats = np.abs((1 - 2 * bits) @ nz)
-        return float(np.count_nonzero(stats >= threshold)) / 2**n
-    hits = 0
-    for size in _chunks(n_boot, n):
-        signs = 1 - 2 * rng.integers(0, 2, size=(size, n))
-        hits += int(np.count_nonzero(np.abs(signs @ nz) >= threshold))
-    return (1 + hits) / (1 + n_boot)
+    from scipy import stats  # ~1 s to import: only where a verdict is computed
+
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    if x.shape[1] != y.shape[1]:
+        raise ValueError(f"{x.shape[1]} vs {y.shape[1]} questions")
+    delta = float(x.mean() - y.mean())
+    if same_seeds:
+        if x.shape[0] != y.shape[0]:
+            raise ValueError("same_seeds needs as many seeds on both sides")
+        var, df = crossed_mean_variance(x - y)
+    else:
+        (var_x, df_x), (var_y, df_y) = crossed_mean_variance(x), crossed_mean_variance(y)
+        xq, yq, n = x.mean(axis=0), y.mean(axis=0), x.shape[1]
+        shared = float(np.cov(xq, yq)[0, 1]) / n if n > 1 else math.nan
+        var = max(var_x + var_y - 2 * shared, float(np.var(xq - yq, ddof=1)) / n)
+        df = min(df_x, df_y)
+    if not math.isfinite(var):
+        return math.nan, math.nan, math.nan
+    se = math.sqrt(var)
+    if se == 0:
+        return delta, delta, 1.0 if delta == 0 else 0.0
+    half = float(stats.t.ppf(1 - alpha / 2, df)) * se
+    return delta - half, delta + half, min(1.0, float(2 * stats.t.sf(abs(delta) / se, df)))
 
 
 def holm(p_values: Sequence[float] | np.ndarray) -> np.ndarray:
@@ -204,25 +235,29 @@ def _pick_configuration(rows: pd.DataFrame, metric: str, mode: str) -> pd.DataFr
 
 
 def _compare(
-    name: str,
-    other: str,
-    group: tuple[Any, ...],
-    x: np.ndarray,
-    x_refs: list[str] | None,
-    y: np.ndarray,
-    y_refs: list[str] | None,
-) -> np.ndarray:
-    """Per-question paired differences ``mean_s x[s, q] - mean_s y[s, q]``."""
+    name: str, other: str, group: tuple[Any, ...], mine: dict[str, Any], theirs: dict[str, Any],
+    alpha: float,
+) -> tuple[float, float, float, float]:
+    """``(delta, low, high, p)`` of family ``name`` against ``other`` (:func:`paired_t`), once
+    both are known to hold the same test questions: as many, with the same references (the
+    only way to tell that question q is the same question on both sides)."""
+    x, y = mine["x"], theirs["x"]
     where = "/".join(str(v) for v in group)
     if x.shape[1] != y.shape[1]:
         raise LossearchError(
             f"{where}: cannot pair {name} with {other}: {x.shape[1]} vs {y.shape[1]} test questions"
         )
-    if x_refs is not None and y_refs is not None and x_refs != y_refs:
+    if mine["refs"] is None or theirs["refs"] is None:
+        raise LossearchError(
+            f"{where}: cannot pair {name} with {other}: a predictions file has no 'reference' "
+            "to match the questions by"
+        )
+    if mine["refs"] != theirs["refs"]:
         raise LossearchError(
             f"{where}: cannot pair {name} with {other}: their test references differ"
         )
-    return x.mean(axis=0) - y.mean(axis=0)
+    low, high, p = paired_t(x, y, alpha, same_seeds=mine["seeds"] == theirs["seeds"])
+    return float(x.mean() - y.mean()), low, high, p
 
 
 def verdict(
@@ -249,14 +284,14 @@ def verdict(
     * ``mean``: the mean of X over seeds and questions; ``ci_low``/``ci_high``: percentile
       bootstrap interval at level ``1 - alpha`` resampling seeds and questions jointly
       (:func:`bootstrap_ci`).
-    * ``delta_vs_ce``: ``mean(d)`` with ``d[q] = mean_s X[s, q] - mean_s X_ce[s, q]``, the
-      paired difference on the same questions (= mean - CE's mean);
-      ``delta_ci_low``/``delta_ci_high``: percentile bootstrap over questions
-      (:func:`paired_ci`).
-    * ``p_value``: two-sided sign-flip permutation test of ``d`` (:func:`sign_flip_test`):
-      exact over all 2**n sign vectors when at most 16 differences are non-zero, else
-      ``(1 + #{|T*| >= |T|}) / (1 + n_boot)`` over ``n_boot`` random sign vectors; 1 when all
-      differences are zero.
+    * ``delta_vs_ce``: ``mean(X) - mean(X_ce)``, paired on the same questions (matched by
+      their references) and, where both were trained under the same seeds, on the seeds;
+      ``delta_ci_low``/``delta_ci_high`` and ``p_value``: the t interval at level
+      ``1 - alpha`` and the two-sided t test of a zero difference, whose variance counts the
+      seed-to-seed variance as well as the questions' (:func:`paired_t`: two-way ANOVA
+      variance components, Satterthwaite degrees of freedom). With 3 seeds and a seed
+      variance that dominates, few degrees of freedom remain and the interval is wide: that
+      is what 3 seeds can tell.
     * ``p_holm``: Holm–Bonferroni adjustment of ``p_value`` over the non-baseline families of
       the group (:func:`holm`).
     * ``delta_vs_control``, ``delta_vs_control_ci_low``/``_ci_high``, ``p_vs_control``: the
@@ -264,8 +299,8 @@ def verdict(
       the control itself and where no control was confirmed.
 
     The baseline row has ``delta_vs_ce`` 0 (interval [0, 0]) and ``p_value``/``p_holm`` NaN;
-    a group without the baseline has NaN deltas and p-values. Every random draw comes from a
-    :class:`numpy.random.Generator` seeded with ``(seed, hash of group and family, use)``,
+    a group without the baseline has NaN deltas and p-values. The mean's bootstrap draws come
+    from a :class:`numpy.random.Generator` seeded with ``(seed, hash of group and family)``,
     so the table is reproducible and a family's numbers do not change when others are added.
 
     Args:
@@ -273,14 +308,15 @@ def verdict(
         metric: the per-question key of the predictions files (and ``val.<metric>``).
         baseline: the family every other is compared with.
         control: the control family (None: no control columns, all NaN).
-        n_boot: bootstrap draws, and random sign vectors of the Monte Carlo test.
+        n_boot: bootstrap draws of the mean's interval.
         alpha: 1 - the intervals' level (0.05: 95%).
         seed: seeds every generator.
         mode: ``"max"`` if higher ``metric`` is better, ``"min"`` otherwise.
 
     Raises:
         LossearchError: missing columns; a family whose questions (count or references) differ
-            from the baseline's or the control's; unreadable predictions files.
+            from the baseline's or the control's, or whose files hold no references; a
+            non-finite per-question value; unreadable predictions files.
 
     Returns:
         One row per group and family, sorted by group then ``mean`` (best first), with
@@ -311,7 +347,13 @@ def verdict(
             x, refs = _read_matrix([str(p) for p in chosen["predictions"]], metric)
             if x.shape[1] == 0:
                 raise LossearchError(f"{'/'.join(map(str, group))}: {loss} has no test questions")
-            judged[str(loss)] = {"rows": chosen, "x": x, "refs": refs}
+            if not np.isfinite(x).all():
+                raise LossearchError(
+                    f"{'/'.join(map(str, group))}: {loss}'s predictions hold a {metric} that "
+                    "is not a finite number"
+                )
+            seeds = [int(v) for v in chosen["seed"]]
+            judged[str(loss)] = {"rows": chosen, "x": x, "refs": refs, "seeds": seeds}
 
         base = judged.get(baseline)
         ctrl = judged.get(control) if control is not None else None
@@ -332,19 +374,16 @@ def verdict(
                 "lr_edge": bool(chosen["lr_edge"].any()) if "lr_edge" in chosen else False,
             }
             comparisons = (
-                (_CE_NAMES, base, baseline, 1, False),
-                (_CONTROL_NAMES, ctrl, control, 3, loss == control),
+                (_CE_NAMES, base, baseline, False),
+                (_CONTROL_NAMES, ctrl, control, loss == control),
             )
-            for names, other, other_name, stream, skip in comparisons:
+            for names, other, other_name, skip in comparisons:
                 if other is None or skip:
                     values = (math.nan, math.nan, math.nan, math.nan)
                 elif loss == other_name:
                     values = (0.0, 0.0, 0.0, math.nan)
                 else:
-                    d = _compare(loss, str(other_name), group, x, refs, other["x"], other["refs"])
-                    lo, hi = paired_ci(d, _rng(seed, group, loss, stream), n_boot, alpha)
-                    p = sign_flip_test(d, _rng(seed, group, loss, stream + 1), n_boot)
-                    values = (float(d.mean()), lo, hi, p)
+                    values = _compare(loss, str(other_name), group, item, other, alpha)
                 record.update(dict(zip(names, values, strict=True)))
             group_records.append(record)
 

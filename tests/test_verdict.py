@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import json
 import math
 from pathlib import Path
@@ -17,10 +16,10 @@ from analysis.confirmed import load_confirmed, read_correctness
 from analysis.verdict import (
     VERDICT_COLUMNS,
     bootstrap_ci,
+    crossed_mean_variance,
     format_delta,
     holm,
-    paired_ci,
-    sign_flip_test,
+    paired_t,
     verdict,
     write_verdict,
 )
@@ -112,18 +111,6 @@ FOCAL = {0: [1, 1, 1, 1], 1: [1, 1, 0, 1]}
 LOVASZ = {0: [1, 1, 1, 1], 1: [1, 1, 1, 1]}
 
 
-def exact_sign_flip_p(d: list[float]) -> float:
-    """Two-sided sign-flip p by enumerating every sign vector of the non-zero differences."""
-    nz = [x for x in d if x != 0]
-    observed = abs(sum(nz))
-    flips = list(itertools.product([1, -1], repeat=len(nz)))
-    hits = sum(
-        abs(sum(s * x for s, x in zip(signs, nz, strict=True))) >= observed - 1e-12
-        for signs in flips
-    )
-    return hits / len(flips)
-
-
 @pytest.fixture
 def small(tmp_path: Path) -> pd.DataFrame:
     exp = write_experiment(
@@ -131,6 +118,12 @@ def small(tmp_path: Path) -> pd.DataFrame:
         [run("ce", CE), run("focal", FOCAL), run("lovasz", LOVASZ), run("answer_ce", CE)],
     )
     return load_confirmed(exp)
+
+
+def _t_p(delta: float, var: float, df: float) -> float:
+    from scipy import stats
+
+    return float(2 * stats.t.sf(abs(delta) / math.sqrt(var), df))
 
 
 def test_hand_computed_means_deltas_p_and_holm(small: pd.DataFrame) -> None:
@@ -146,25 +139,35 @@ def test_hand_computed_means_deltas_p_and_holm(small: pd.DataFrame) -> None:
     assert (by["n_seeds"] == 2).all() and (by["n_questions"] == 4).all()
     assert (by["split"] == "test").all()
 
-    # Exact p by hand: focal's non-zero d = [1, .5] -> sums ±1.5, ±0.5 -> 2 of 4 reach 1.5.
-    assert exact_sign_flip_p([0, 1, 0, 0.5]) == 0.5
-    # lovasz's non-zero d = [1, .5, .5] -> sums 2, 1, 1, 0, 0, -1, -1, -2 -> 2 of 8 reach 2.
-    assert exact_sign_flip_p([0, 1, 0.5, 0.5]) == 0.25
-    assert by.loc["focal", "p_value"] == 0.5
-    assert by.loc["lovasz", "p_value"] == 0.25
-    assert by.loc["answer_ce", "p_value"] == 1.0  # all differences zero
+    # focal - CE, seed by seed (both trained under seeds 0 and 1): D = [[0, 1, 1, 0],
+    # [0, 1, -1, 1]], mean .375; seed means .5, .25; question means 0, 1, 0, .5.
+    # MS_S = 4 (.125^2 + .125^2) / 1 = .125; MS_Q = 2 (.375^2 + .625^2 + .375^2 + .125^2) / 3
+    # = .458333; residuals +-[.125, .125, .875, .625] (sign: -, -, +, - in seed 0) ->
+    # MS_E = 2 (.015625 + .015625 + .765625 + .390625) / 3 = .791667. MS_S + MS_Q - MS_E < MS_Q:
+    # floored at MS_Q -> var = .458333 / 8; df = .458333^2 / (.125^2 + .458333^2/3
+    # + .791667^2/3) = .713169.
+    var, df = crossed_mean_variance(np.array([[0, 1, 1, 0], [0, 1, -1, 1.0]]))
+    assert var == pytest.approx(0.458333 / 8, rel=1e-5) and df == pytest.approx(0.713169, rel=1e-5)
+    assert by.loc["focal", "p_value"] == pytest.approx(_t_p(0.375, var, df))
+    # lovasz - CE: D = [[0, 1, 1, 0], [0, 1, 0, 1]], mean .5; seed means .5, .5 (MS_S = 0);
+    # question means 0, 1, .5, .5: MS_Q = 2 (.25 + .25 + 0 + 0) / 3 = 1/3; residuals
+    # +-[0, 0, .5, .5]: MS_E = 1 / 3. The sum is 0 < MS_Q: var = (1/3) / 8;
+    # df = (1/3)^2 / (0 + (1/3)^2/3 + (1/3)^2/3) = 1.5.
+    var_l, df_l = crossed_mean_variance(np.array([[0, 1, 1, 0], [0, 1, 0, 1.0]]))
+    assert var_l == pytest.approx(1 / 24) and df_l == pytest.approx(1.5)
+    assert by.loc["lovasz", "p_value"] == pytest.approx(_t_p(0.5, var_l, df_l))
+    assert by.loc["answer_ce", "p_value"] == 1.0  # every difference zero
     assert math.isnan(by.loc["ce", "p_value"]) and math.isnan(by.loc["ce", "p_holm"])
     assert by.loc["ce", "delta_vs_ce"] == 0.0
 
-    # Holm over the 3 non-baseline families: sorted p .25, .5, 1 -> 3*.25 = .75,
-    # max(.75, 2*.5) = 1, max(1, 1*1) = 1.
-    assert by.loc["lovasz", "p_holm"] == pytest.approx(0.75)
-    assert by.loc["focal", "p_holm"] == pytest.approx(1.0)
-    assert by.loc["answer_ce", "p_holm"] == pytest.approx(1.0)
+    # Holm over the 3 non-baseline families, in the p-values' order, step-down, capped at 1.
+    p = sorted([by.loc[f, "p_value"] for f in ("focal", "lovasz", "answer_ce")])
+    adjusted = np.minimum(1, np.maximum.accumulate([3 * p[0], 2 * p[1], 1 * p[2]]))
+    assert sorted(by.loc[["focal", "lovasz", "answer_ce"], "p_holm"]) == pytest.approx(adjusted)
 
     # The control (answer_ce has CE's answers): same deltas; NaN on the control's own row.
     assert by.loc["focal", "delta_vs_control"] == pytest.approx(0.375)
-    assert by.loc["focal", "p_vs_control"] == 0.5
+    assert by.loc["focal", "p_vs_control"] == pytest.approx(by.loc["focal", "p_value"])
     assert by.loc["ce", "delta_vs_control"] == 0.0 and by.loc["ce", "p_vs_control"] == 1.0
     assert math.isnan(by.loc["answer_ce", "delta_vs_control"])
     assert math.isnan(by.loc["answer_ce", "p_vs_control"])
@@ -175,8 +178,6 @@ def test_hand_computed_means_deltas_p_and_holm(small: pd.DataFrame) -> None:
     for _, row in table.iterrows():
         assert row["ci_low"] <= row["mean"] <= row["ci_high"]
     assert by.loc["focal", "delta_ci_low"] <= 0.375 <= by.loc["focal", "delta_ci_high"]
-    # focal's d = [0, 1, 0, .5] lies in [0, 1], so must every resampled mean.
-    assert 0.0 <= by.loc["focal", "delta_ci_low"] and by.loc["focal", "delta_ci_high"] <= 1.0
 
 
 def test_verdict_is_deterministic_per_seed(small: pd.DataFrame) -> None:
@@ -195,20 +196,58 @@ def test_holm_step_down_is_monotone_and_capped() -> None:
     assert list(holm([0.6, 0.9])) == pytest.approx([1.0, 1.0])
 
 
-def test_sign_flip_exact_and_monte_carlo() -> None:
+def test_crossed_variance_of_pure_seed_and_pure_question_tables() -> None:
+    # Two seeds, one always right, one always wrong: the mean's variance is the seeds' alone,
+    # (sd of [1, 0] = .7071)^2 / 2 = .25, with 1 df (two seeds).
+    assert crossed_mean_variance(np.array([[1.0, 1, 1], [0, 0, 0]])) == pytest.approx((0.25, 1))
+    # Every seed gives the same answers: the questions' variance alone, var([1, 0, 1, 0]) / 4
+    # = (1/3) / 4, with Q - 1 = 3 df; one seed alone is the same.
+    same = np.array([[1.0, 0, 1, 0], [1, 0, 1, 0]])
+    assert crossed_mean_variance(same) == pytest.approx((1 / 12, 3))
+    assert crossed_mean_variance(same[:1]) == pytest.approx((1 / 12, 3))
+
+
+def test_paired_t_counts_the_seeds_a_question_only_test_ignores() -> None:
+    """Seed 0 of the family is 20 points better than CE's, seed 1 20 points worse, on every
+    one of 100 questions: the question-only view sees 0 difference too, but a family whose
+    seeds disagree like this, paired seed by seed, has a wide interval; a consistent +10
+    points over 3 seeds is significant."""
     rng = np.random.default_rng(0)
-    assert sign_flip_test(np.zeros(5), rng) == 1.0
-    # 16 non-zero (zeros padded) are enumerated: 2 of 2**16 sign vectors reach |sum| = 16.
-    d = np.r_[np.ones(16), np.zeros(20)]
-    assert sign_flip_test(d, rng, n_boot=100) == 2 / 2**16
-    # 20 non-zero go to Monte Carlo: no random flip reaches 20 -> p = 1 / (1 + n_boot).
-    assert sign_flip_test(np.ones(20), np.random.default_rng(1), n_boot=999) == 1 / 1000
-    # Monte Carlo agrees with the exact value on 17 non-zero differences.
-    d17 = np.array([1, -1, 0.5, 1, 1, -0.5, 1, 1, -1, 0.5, 1, 1, 1, -1, 0.5, 1, 1.0])
-    signs = 1 - 2 * ((np.arange(2**17)[:, None] >> np.arange(17)) & 1)
-    exact = np.mean(np.abs(signs @ d17) >= abs(d17.sum()) - 1e-12)
-    mc = sign_flip_test(d17, np.random.default_rng(2), n_boot=20_000)
-    assert mc == pytest.approx(exact, abs=0.01)
+    ce = (rng.random((2, 100)) < 0.5).astype(float)
+    noisy = ce.copy()
+    noisy[0, :20] = 1 - noisy[0, :20]
+    low, high, p = paired_t(noisy, ce)
+    assert low < 0 < high and p > 0.3
+    base = (rng.random((3, 200)) < 0.5).astype(float)
+    better = base.copy()
+    for seed in range(3):  # 20 more questions right in every seed: +0.1 exactly
+        better[seed, np.flatnonzero(base[seed] == 0)[:20]] = 1.0
+    low, high, p = paired_t(better, base)
+    assert 0 < low < 0.1 < high and p < 0.01
+    # seeds not shared: each side's own seed variance counts (the seed-by-seed pairing that
+    # cancels it is not there), the questions' covariance is subtracted: wider, still holding
+    low_i, high_i, p_i = paired_t(better, base, same_seeds=False)
+    assert low_i < 0.1 < high_i and high_i - low_i > high - low and p_i > p
+
+
+def test_paired_t_holds_its_level_when_seeds_vary() -> None:
+    """Simulated null: family and CE identical in distribution, each trained seed's accuracy
+    shifted by its own draw (logit sd .3), 3 seeds, 500 questions. A sign-flip test over
+    questions (the earlier verdict) rejected about half of these at 5 %; the t test on the
+    seed and question variance must stay near 5 %."""
+    from scipy.special import expit
+
+    rng = np.random.default_rng(3)
+
+    def family(difficulty: np.ndarray) -> np.ndarray:
+        shift = rng.normal(0, 0.3, (3, 1))
+        return (rng.random((3, 500)) < expit(0.4 + difficulty + shift)).astype(float)
+
+    rejected = 0
+    for _ in range(300):
+        difficulty = rng.normal(0, 1.5, 500)
+        rejected += paired_t(family(difficulty), family(difficulty))[2] < 0.05
+    assert rejected / 300 <= 0.09
 
 
 def test_bootstrap_resamples_seeds_and_questions() -> None:
@@ -216,12 +255,6 @@ def test_bootstrap_resamples_seeds_and_questions() -> None:
     # and 1 (1/4), so the 95% interval is [0, 1]; resampling questions alone would give [.5, .5].
     x = np.array([[1.0, 1.0, 1.0], [0.0, 0.0, 0.0]])
     assert bootstrap_ci(x, np.random.default_rng(0), n_boot=4000) == (0.0, 1.0)
-    # Paired over questions, d = [1, 0, 0, 0]: k draws of question 0 ~ Binomial(4, 1/4);
-    # P(k = 0) = .32 > .025 and P(k >= 3) = .051 > .025 > P(k = 4) = .004 -> [0, .75].
-    assert paired_ci(np.array([1.0, 0, 0, 0]), np.random.default_rng(0), n_boot=10_000) == (
-        0.0,
-        0.75,
-    )
 
 
 def test_ci_contains_mean_and_narrows_with_more_questions(tmp_path: Path) -> None:
@@ -240,11 +273,11 @@ def test_ci_contains_mean_and_narrows_with_more_questions(tmp_path: Path) -> Non
 
     few, few_delta, few_p = width(1, "few")
     many, many_delta, many_p = width(25, "many")
-    # The joint interval keeps its seed part (two seeds, means .75 and 1), so it narrows less
-    # than the paired one, which resamples questions only: 1/sqrt(25) of the width, roughly.
+    # Both keep a seed part (two seeds), so neither shrinks by the full 1/sqrt(25); the
+    # paired one narrows most (its seed-by-seed differences, .5 and .25, agree in sign).
     assert many < few
     assert many_delta < few_delta / 2
-    assert many_p < 0.01 < few_p  # the same effect on 100 questions is significant
+    assert many_p < few_p
 
 
 def test_mismatched_questions_raise(tmp_path: Path) -> None:
@@ -257,6 +290,26 @@ def test_mismatched_questions_raise(tmp_path: Path) -> None:
     other = ["7", "8", "9", "10"]
     exp = write_experiment(tmp_path / "b", [run("ce", CE), run("focal", FOCAL, references=other)])
     with pytest.raises(LossearchError, match="references differ"):
+        verdict(load_confirmed(exp), n_boot=100)
+
+
+def test_questions_without_references_are_not_paired_by_position(tmp_path: Path) -> None:
+    """Only references tell that question q is the same on both sides: files without them
+    (another tool's, say) are refused, not paired line by line."""
+    exp = write_experiment(tmp_path / "r", [run("ce", CE), run("focal", FOCAL)])
+    for path in (exp / "confirm" / "runs").glob("focal-*/test_predictions.seed*.jsonl"):
+        rows = [json.loads(line) for line in path.read_text().splitlines()]
+        path.write_text("".join(json.dumps({k: v for k, v in r.items() if k != "reference"})
+                                + "\n" for r in rows))
+    with pytest.raises(LossearchError, match="no 'reference' to match the questions by"):
+        verdict(load_confirmed(exp), n_boot=100)
+
+
+def test_a_non_finite_score_is_named(tmp_path: Path) -> None:
+    exp = write_experiment(tmp_path / "n", [run("ce", CE), run("focal", FOCAL)])
+    path = next((exp / "confirm" / "runs").glob("focal-*/test_predictions.seed0.jsonl"))
+    path.write_text(path.read_text().replace('"exact_match": 1.0', '"exact_match": NaN', 1))
+    with pytest.raises(LossearchError, match="focal's predictions hold a exact_match that is not"):
         verdict(load_confirmed(exp), n_boot=100)
 
 
@@ -345,3 +398,16 @@ def test_write_and_format(small: pd.DataFrame, tmp_path: Path) -> None:
     assert format_delta({"delta_vs_ce": math.nan, "delta_ci_low": 0, "delta_ci_high": 0}) == "n/a"
     ce = table.set_index("loss").loc["ce"]
     assert format_delta(ce, "control") == "+0.000 [+0.000, +0.000]"
+
+
+def test_printed_verdict_names_a_family_with_fewer_seeds(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The title once gave the most seeds of any family: a 1-seed family read as 2."""
+    from lossearch.search.verdict_report import finish_confirm
+
+    exp = write_experiment(tmp_path / "s", [run("ce", CE), run("focal", {0: FOCAL[0]})])
+    finish_confirm(str(exp), "exact_match")
+    out = " ".join(capsys.readouterr().out.split())
+    assert "4 questions, 1-2 seeds, 95% intervals" in out
+    assert "focal (1 seed)" in out and "ce (" not in out

@@ -41,17 +41,22 @@ def finish_confirm(exp: str, metric: str, mode: str = "max") -> Any:
         console = Console(width=120)
     for (task, model), group in table.groupby(["task", "model"], sort=False):
         n_seeds = int(group["n_seeds"].max())
+        fewest = int(group["n_seeds"].min())
         n_questions = int(group["n_questions"].max())
+        seeds = f"{n_seeds} seeds" if fewest == n_seeds else f"{fewest}-{n_seeds} seeds"
         out = Table(
             title=f"{task} / {model}: {metric} on the test split "
-            f"({n_questions} questions, {n_seeds} seeds, 95% intervals)"
+            f"({n_questions} questions, {seeds}, 95% intervals)"
         )
         for col in ("rank", "loss", "mean [95% CI]", "vs ce", "p (Holm)", "vs answer_ce"):
             out.add_column(col, justify="left" if col == "loss" else "right")
         for _, row in group.iterrows():
             out.add_row(
                 str(int(row["rank"])),
-                str(row["loss"]) + (" (lr at edge)" if bool(row["lr_edge"]) else ""),
+                str(row["loss"])
+                + (f" ({int(row['n_seeds'])} seed{'s' * (row['n_seeds'] != 1)})"
+                   if int(row["n_seeds"]) != n_seeds else "")
+                + (" (lr at edge)" if bool(row["lr_edge"]) else ""),
                 f"{_fmt(row['mean'])} [{_fmt(row['ci_low'])}, {_fmt(row['ci_high'])}]",
                 "baseline" if row["loss"] == BASELINE else format_delta(row),
                 _p(row["p_holm"]),
