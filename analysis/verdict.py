@@ -210,8 +210,8 @@ def _rng(seed: int, group: tuple[Any, ...], loss: str, stream: int) -> np.random
 def _pick_configuration(rows: pd.DataFrame, metric: str, mode: str) -> pd.DataFrame:
     """The rows of the family's judged configuration: best mean validation, else search rank 1.
 
-    Test values are never looked at. Configurations without a validation value come last;
-    ties go to the better search rank, then the smaller config id.
+    Test values are never looked at. Configurations without a validation value for every
+    seed come last; ties go to the better search rank, then the smaller config id.
     """
     keys = [k for k in ("experiment", "run_id") if k in rows.columns]
     configs = rows.groupby(keys, sort=False, dropna=False)
@@ -221,7 +221,9 @@ def _pick_configuration(rows: pd.DataFrame, metric: str, mode: str) -> pd.DataFr
     summary = configs.agg(
         rank=("rank", "min"),
         config_id=("config_id", "first"),
-        **({"val": (column, "mean")} if column in rows.columns else {}),
+        # a seed without a validation value makes the mean NaN, not a mean of the others:
+        # [0.9, NaN, NaN] is one seed's score, not better than [0.6, 0.6, 0.6]
+        **({"val": (column, lambda v: v.mean(skipna=False))} if column in rows.columns else {}),
     ).reset_index()
     if "val" not in summary.columns:
         summary["val"] = math.nan

@@ -339,6 +339,22 @@ def test_picks_configuration_by_validation_not_test(tmp_path: Path) -> None:
     assert row["mean"] == pytest.approx(0.5) and row["delta_vs_ce"] == 0.0
 
 
+def test_a_configuration_missing_a_seeds_validation_is_not_judged_on_the_others(
+    tmp_path: Path,
+) -> None:
+    """[0.9, missing] is one seed's score: it does not beat [0.6, 0.6]."""
+    exp = write_experiment(
+        tmp_path / "m",
+        [
+            run("ce", CE),
+            run("focal", LOVASZ, trial_id="oneseed", rank=1, val={0: 0.9}),
+            run("focal", CE, trial_id="both", rank=2, val={0: 0.6, 1: 0.6}),
+        ],
+    )
+    row = verdict(load_confirmed(exp), n_boot=200).set_index("loss").loc["focal"]
+    assert row["config_id"] == "both"
+
+
 def test_load_confirmed_columns_and_unfinished_run(tmp_path: Path) -> None:
     exp = write_experiment(
         tmp_path / "exp",
