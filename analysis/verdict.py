@@ -85,6 +85,10 @@ def bootstrap_ci(
     ``1 - alpha/2`` quantiles of ``m_1..m_B``. Vectorised in chunks of draws: the resampled
     seeds become a weight row ``w_b`` (counts / S), ``w_b @ X`` is the seed-averaged
     correctness of every question, and the question indices pick from it.
+
+    Resampling both ways counts the seed-by-question noise twice, so the interval errs wide:
+    simulated coverage of a nominal 95 % was 0.96-1.0 (3-5 seeds, 150 questions; widest,
+    about 1.5x, when seeds and questions add little beyond coin-flip noise).
     """
     x = np.asarray(matrix, dtype=float)
     n_seeds, n_questions = x.shape
