@@ -88,3 +88,22 @@ def preflight(cfg: TrainConfig, *, test: bool = False) -> None:
             IgnoredKeyWarning,
             stacklevel=2,
         )
+
+
+def check_local_gpu(cfg: TrainConfig, address: str | None) -> None:
+    """With ``scaling.use_gpu`` and no cluster named (``address``, ``RAY_ADDRESS``), the work
+    runs on this machine: a CUDA device must be visible to it. Else one line: a local Ray
+    would keep the trials pending for a GPU forever, and a training in this process would
+    run on the CPU without a word. (torch is imported only here, for a config asking a GPU.)
+    """
+    import os
+
+    if not cfg.scaling.use_gpu or address or os.environ.get("RAY_ADDRESS"):
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        raise LossearchError(
+            "scaling.use_gpu is true, but no CUDA device is visible on this machine: set "
+            "scaling.use_gpu=false, or name a cluster with GPUs (--address)"
+        )

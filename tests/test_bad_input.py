@@ -285,3 +285,24 @@ def test_nothing_was_written(outcomes: dict) -> None:
     assert not (root / "best.yaml").exists()
     assert sorted(os.listdir(root / "not_an_experiment")) == ["notes.txt"]
     assert outcomes["old_run_kept"]  # its config.yaml, not overwritten by another config
+
+
+def _has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+@pytest.mark.skipif(_has_cuda(), reason="this machine has a CUDA device")
+def test_use_gpu_without_a_gpu_is_refused_before_anything_starts(tmp_path: Path) -> None:
+    """Without a cluster named, a search asking a GPU on a machine without one kept its
+    trials pending forever, and a train ran on the CPU without a word."""
+    results = procs.run_clis(
+        [["train", "scaling.use_gpu=true", *SMALL],
+         ["search", "--space", str(QUICK), "--storage", "exps", "--name", "g",
+          "scaling.use_gpu=true"]],
+        cwd=tmp_path,
+    )
+    for done in results:
+        assert "scaling.use_gpu is true, but no CUDA device is visible" in procs.error_line(done)
+    assert list(tmp_path.iterdir()) == []

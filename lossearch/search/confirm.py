@@ -248,7 +248,7 @@ def confirm(
     A plan already on disk is kept when it asks for the same seeds, ``top_k`` and metric;
     asking for others is an error (use another experiment copy) rather than a silent mix.
     """
-    from lossearch.preflight import preflight
+    from lossearch.preflight import check_local_gpu, preflight
     from lossearch.ray_train import check_ray_address
     from lossearch.search.driver import _fit, check_counts, warm_workers
 
@@ -270,6 +270,7 @@ def confirm(
 
     preflight(validate(new.runs[0].config), test=True)  # the test split exists, before Ray
     check_ray_address(address)
+    check_local_gpu(validate(new.runs[0].config), address)
     from lossearch.tracking import check_destination
 
     check_destination(log_to, exp)

@@ -218,7 +218,7 @@ def run_search(
         "keep": keep,
     }
     _scheduler(scheduler, meta)  # validate before anything is written
-    from lossearch.preflight import preflight
+    from lossearch.preflight import check_local_gpu, preflight
 
     # data, model path, lengths (and, when a confirm follows, the test split): checked here,
     # before Ray starts; the trials themselves never load the test split
@@ -226,6 +226,7 @@ def run_search(
     from lossearch.ray_train import check_ray_address
 
     check_ray_address(address)  # before the experiment directory is written
+    check_local_gpu(base_cfg, address)
     from lossearch.tracking import check_destination
 
     check_destination(log_to, exp_path)
