@@ -48,7 +48,9 @@ _RENAMED_TASK_KEYS = {
 
 
 class IgnoredKeyWarning(UserWarning):
-    """A config key that the config's task does not read (see :func:`ignored_task_keys`)."""
+    """A request in a config that the training will not honour as written: a key another
+    task reads (:func:`ignored_task_keys`), a step count beyond the epochs, ... (see
+    :func:`lossearch.preflight.preflight`)."""
 
 
 _ONE_TASK_KEYS = {

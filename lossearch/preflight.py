@@ -57,37 +57,84 @@ def _tokenizer(cfg: ModelConfig) -> Any:
         ) from None
 
 
-def preflight(cfg: TrainConfig, *, test: bool = False) -> None:
+def preflight(cfg: TrainConfig, *, test: bool = False) -> list[str]:
     """Raise :class:`LossearchError` for what would make every worker of ``cfg`` fail.
 
     Checks: the task exists and its train and validation data (and, with ``test``, its test
     data) load and are not empty, and ``task.val_size`` fits in train; the model path
     exists and its tokenizer loads; at least one training example fits in
-    ``task.max_length``; one epoch has at least one optimizer step. When all pass, keys set
-    for another task than ``cfg``'s are named in one :class:`~lossearch.config.
-    IgnoredKeyWarning` (``warning: ...`` on the command line).
+    ``task.max_length``; one epoch has at least one optimizer step; no data file is given
+    to the ``arith`` task. Returns what the training will not do as written
+    (:func:`_notices`), for :func:`warn` once the caller's other checks have passed.
     """
     from lossearch.losses import normalize_spec
     from lossearch.tasks import load_task, tokenize
 
     normalize_spec(cfg.loss)  # the checks build_loss makes, without importing torch
     _check_model_path(cfg.model.name_or_path)  # before the slow imports and data loading
+    _check_data_files_have_a_task(cfg)
     data = load_task(cfg.task, test=test)
     tokenizer = _tokenizer(cfg.model)
-    features, _ = tokenize(data.train, tokenizer, cfg.task.max_length)
+    features, stats = tokenize(data.train, tokenizer, cfg.task.max_length)
     o, world = cfg.optim, cfg.scaling.num_workers
-    if len(features) // (o.batch_size * world) // o.grad_accum < 1:
+    steps_per_epoch = len(features) // (o.batch_size * world) // o.grad_accum
+    if steps_per_epoch < 1:
         raise LossearchError(
             f"{len(features)} training examples are fewer than one optimizer step "
             f"({o.batch_size} x {world} workers x {o.grad_accum} accumulation)"
         )
+    return _notices(cfg, stats, steps_per_epoch * o.epochs)
+
+
+def warn(notices: list[str]) -> None:
+    """Each of :func:`preflight`'s notices as an :class:`~lossearch.config.IgnoredKeyWarning`
+    (``warning: ...`` on the command line); called once every check has passed, so that bad
+    input prints its one error line alone."""
+    for notice in notices:
+        warnings.warn(notice, IgnoredKeyWarning, stacklevel=2)
+
+
+def _check_data_files_have_a_task(cfg: TrainConfig) -> None:
+    """Data files with the ``arith`` task (``task.name``'s default, which generates its
+    problems) would train on arith, not on the files: one line instead."""
+    t = cfg.task
+    given = [k for k in ("data_dir", "train_file", "validation_file", "test_file")
+             if getattr(t, k) is not None]
+    if t.name == "arith" and given:
+        raise LossearchError(
+            f"task.{given[0]} is set, but task arith generates its data and reads no file: set "
+            "task.name (jsonl for prompt/target rows, gsm8k, mathqa, ...)"
+        )
+
+
+def _notices(cfg: TrainConfig, stats: Any, total_steps: int) -> list[str]:
+    """What of ``cfg`` the training will not do as written, each one line: keys another task
+    reads, training examples cut or dropped at ``task.max_length``, an ``optim.max_steps`` or
+    ``optim.warmup_steps`` beyond the steps the epochs make, a ``task.train_size`` beyond
+    ``arith_train_size``, ``scaling.gpus_per_worker`` without ``scaling.use_gpu``."""
+    out = []
     ignored = ignored_task_keys(cfg.task)
     if ignored:
-        warnings.warn(
-            f"task {cfg.task.name} does not read {', '.join(ignored)}: ignored",
-            IgnoredKeyWarning,
-            stacklevel=2,
-        )
+        out.append(f"task {cfg.task.name} does not read {', '.join(ignored)}: ignored")
+    if stats.truncated or stats.dropped:
+        out.append(f"training examples cut to task.max_length: {stats.summary()}")
+    o = cfg.optim
+    if o.max_steps is not None and o.max_steps > total_steps:
+        out.append(f"optim.max_steps {o.max_steps} is more than the {o.epochs} epochs make "
+                   f"({total_steps} steps): training stops at {total_steps}")
+    steps = min(o.max_steps or total_steps, total_steps)
+    if o.warmup_steps >= steps:
+        out.append(f"optim.warmup_steps {o.warmup_steps} covers the whole training ({steps} "
+                   f"steps): the learning rate only rises, the {o.scheduler} decay never comes")
+    t = cfg.task
+    if t.name == "arith" and t.train_size is not None and t.train_size > t.arith_train_size:
+        out.append(f"task.train_size {t.train_size} is more than task.arith_train_size "
+                   f"{t.arith_train_size}, the problems generated: {t.arith_train_size} used")
+    default_gpus = type(cfg.scaling).model_fields["gpus_per_worker"].default
+    if not cfg.scaling.use_gpu and cfg.scaling.gpus_per_worker != default_gpus:
+        out.append(f"scaling.gpus_per_worker {cfg.scaling.gpus_per_worker} without "
+                   "scaling.use_gpu: true: no GPU is used")
+    return out
 
 
 def check_local_gpu(cfg: TrainConfig, address: str | None) -> None:

@@ -60,11 +60,12 @@ def train(
             "--log-to: tracking a multi-worker or cluster (--address) train run is not "
             "supported yet; use lossearch search/confirm, or one worker without --address"
         )
-    from lossearch.preflight import check_local_gpu, preflight
+    from lossearch.preflight import check_local_gpu, preflight, warn
 
-    preflight(cfg, test=True)  # bad data, model path, lengths: one line now, not in a worker
+    notices = preflight(cfg, test=True)  # bad data, model path, lengths: one line, not later
     check_ray_address(address)
     check_local_gpu(cfg, address)
+    warn(notices)
     try:
         out.mkdir(parents=True, exist_ok=True)
         dump_config(cfg, out / "config.yaml")

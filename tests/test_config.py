@@ -209,23 +209,41 @@ def test_checking_a_config_or_space_imports_no_torch():
     assert done.stdout.strip() == "none"
 
 
-def test_preflight_warns_once_of_the_keys_the_task_does_not_read(tmp_path):
+def test_preflight_names_what_the_training_will_not_do_as_written(tmp_path):
     import json
     import warnings
 
     from lossearch.config import IgnoredKeyWarning
-    from lossearch.preflight import preflight
+    from lossearch.preflight import preflight, warn
 
     rows = [{"prompt": f"q {i}: 1 + {i} =", "target": str(1 + i)} for i in range(80)]
     data = tmp_path / "data.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    cfg = load_config(overrides=["task.name=jsonl", f"task.train_file={data}", "task.val_size=8",
-                                 "task.arith_max_operand=9", "optim.batch_size=8"])
+    base = ["task.name=jsonl", f"task.train_file={data}", "task.val_size=8",
+            "optim.batch_size=8", "optim.epochs=2", "optim.warmup_steps=2"]
+    assert preflight(load_config(overrides=base)) == []  # 72 rows: 9 steps an epoch, 18 in all
+    notices = preflight(load_config(overrides=[
+        *base, "task.arith_max_operand=9", "optim.max_steps=50", "optim.warmup_steps=40",
+        "task.max_length=16", "scaling.gpus_per_worker=2",
+    ]))
+    assert notices[0] == "task jsonl does not read task.arith_max_operand 9 (arith only): ignored"
+    assert notices[1].startswith("training examples cut to task.max_length: kept ")
+    assert notices[2] == ("optim.max_steps 50 is more than the 2 epochs make (18 steps): "
+                          "training stops at 18")
+    assert notices[3].startswith("optim.warmup_steps 40 covers the whole training (18 steps)")
+    assert notices[4] == "scaling.gpus_per_worker 2.0 without scaling.use_gpu: true: no GPU is used"
     with warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always")
-        preflight(cfg)
-    [warning] = seen
-    assert warning.category is IgnoredKeyWarning
-    assert str(warning.message) == (
-        "task jsonl does not read task.arith_max_operand 9 (arith only): ignored"
-    )
+        warn(notices)
+    assert [w.category for w in seen] == [IgnoredKeyWarning] * 5
+    capped = load_config(overrides=["task.arith_train_size=320", "task.train_size=1000",
+                                    "task.val_size=20", "optim.warmup_steps=0"])
+    assert preflight(capped) == ["task.train_size 1000 is more than task.arith_train_size 320, "
+                                 "the problems generated: 320 used"]
+
+
+def test_data_files_with_the_default_arith_task_are_refused(tmp_path):
+    from lossearch.preflight import preflight
+
+    with pytest.raises(LossearchError, match="task.train_file is set, but task arith generates"):
+        preflight(load_config(overrides=[f"task.train_file={tmp_path / 'mine.jsonl'}"]))

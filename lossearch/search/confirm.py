@@ -248,7 +248,7 @@ def confirm(
     A plan already on disk is kept when it asks for the same seeds, ``top_k`` and metric;
     asking for others is an error (use another experiment copy) rather than a silent mix.
     """
-    from lossearch.preflight import check_local_gpu, preflight
+    from lossearch.preflight import check_local_gpu, preflight, warn
     from lossearch.ray_train import check_ray_address
     from lossearch.search.driver import _fit, check_counts, warm_workers
 
@@ -268,12 +268,13 @@ def confirm(
         new = old
     from lossearch.config import validate
 
-    preflight(validate(new.runs[0].config), test=True)  # the test split exists, before Ray
+    notices = preflight(validate(new.runs[0].config), test=True)  # the test split, before Ray
     check_ray_address(address)
     check_local_gpu(validate(new.runs[0].config), address)
     from lossearch.tracking import check_destination
 
     check_destination(log_to, exp)
+    warn(notices)
     write_text(root, PLAN_FILE, yaml.safe_dump(new.model_dump(), sort_keys=False))
     runs_path = join_uri(root, "runs")
     todo = [r for r in new.runs if not file_exists(join_uri(runs_path, r.id), RESULT_FILE)]

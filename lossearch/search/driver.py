@@ -218,11 +218,11 @@ def run_search(
         "keep": keep,
     }
     _scheduler(scheduler, meta)  # validate before anything is written
-    from lossearch.preflight import check_local_gpu, preflight
+    from lossearch.preflight import check_local_gpu, preflight, warn
 
     # data, model path, lengths (and, when a confirm follows, the test split): checked here,
     # before Ray starts; the trials themselves never load the test split
-    preflight(base_cfg, test=require_test)
+    notices = preflight(base_cfg, test=require_test)
     from lossearch.ray_train import check_ray_address
 
     check_ray_address(address)  # before the experiment directory is written
@@ -230,6 +230,7 @@ def run_search(
     from lossearch.tracking import check_destination
 
     check_destination(log_to, exp_path)
+    warn(notices)  # the base config's: what every trial will not do as written
     try:
         write_meta(exp_path, meta)
     except OSError as err:
