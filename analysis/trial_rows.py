@@ -19,7 +19,7 @@ import numpy as np
 
 from analysis.records import dotted_get, is_number
 from analysis.tune_files import TuneResult, TuneTrial, first_error_line
-from lossearch.experiment import check_mode
+from lossearch.experiment import check_mode, default_mode
 
 #: Config keys that are not searched parameters (they have their own columns).
 NOT_PARAMS = frozenset({"seeds", "seed", "loss.family"})
@@ -43,7 +43,7 @@ def metric_mode(
         return check_mode(modes[metric])
     if search_metric is not None and metric == search_metric and search_mode:
         return check_mode(search_mode)
-    return "min" if metric.startswith("loss") else "max"
+    return default_mode(metric)
 
 
 def split_metrics(result: TuneResult) -> tuple[dict[str, float], dict[int, dict[str, float]]]:

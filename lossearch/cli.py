@@ -117,7 +117,9 @@ def search(
     seeds: int = typer.Option(None, "--seeds", help="Seeds trained per trial (metric = mean)."),
     scheduler: str = typer.Option(None, "--scheduler", help="asha (early stopping) or fifo."),
     metric: str = typer.Option(None, "--metric", help="Metric to optimise (exact_match)."),
-    mode: str = typer.Option(None, "--mode", help="max or min."),
+    mode: str = typer.Option(
+        None, "--mode", help="max or min (default: the space's for its metric; min for loss*)."
+    ),
     address: str = typer.Option(None, "--address", help="Ray cluster address (HOST:PORT)."),
     storage: str = typer.Option(None, "--storage", help="Directory or URI (s3://...)."),
     name: str = typer.Option(None, "--name", help="Experiment name."),

@@ -76,6 +76,12 @@ class SearchMeta(BaseModel):
     keep: Literal["best", "all", "none"] = "all"
 
 
+def default_mode(metric: str) -> str:
+    """The direction in which ``metric`` is better when nobody said: ``min`` for a name
+    starting with ``loss`` (``loss``, ``loss.ce``, ...), else ``max``."""
+    return "min" if metric.startswith("loss") else "max"
+
+
 def check_mode(mode: str) -> str:
     """``mode`` when it is ``max`` or ``min`` (which way a metric is better), else a one-line
     :class:`~lossearch.errors.LossearchError`."""

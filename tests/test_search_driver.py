@@ -153,3 +153,19 @@ def test_storage_with_a_tilde_is_the_home_directory(
     with pytest.raises(LossearchError, match=f"experiment already exists: {home_exp} "):
         driver.run_search(QUICK, storage="~/exps", name="e")
     assert not (tmp_path / "~").exists()
+
+
+def test_a_loss_metric_without_a_mode_is_minimised() -> None:
+    """``--metric loss.ce`` alone on quick.yaml (whose ``mode: max`` is for its exact_match)
+    once maximised the loss: the worst trials won, while confirm, export and analyze
+    minimised it."""
+    from lossearch.search.driver import search_mode
+    from lossearch.search.space import load_space
+
+    settings = load_space(QUICK).settings
+    assert (settings["metric"], settings["mode"]) == ("exact_match", "max")
+    assert search_mode(None, settings, "loss.ce") == "min"
+    assert search_mode(None, settings, "exact_match") == "max"
+    assert search_mode("max", settings, "loss") == "max"  # --mode wins
+    assert search_mode(None, {**settings, "mode": None}, "exact_match") == "max"
+    assert search_mode(None, {"metric": "loss", "mode": "max"}, "loss") == "max"  # the space's

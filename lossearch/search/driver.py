@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from lossearch.errors import LossearchError
-from lossearch.experiment import SEARCH_FILE, check_mode, read_meta, write_meta
+from lossearch.experiment import SEARCH_FILE, check_mode, default_mode, read_meta, write_meta
 from lossearch.storage import absolute_path, is_uri, join_uri
 
 
@@ -165,7 +165,7 @@ def run_search(
     scheduler = _given(scheduler, settings["scheduler"])
     metric = _given(metric, settings["metric"])
     _check_metric(metric, base_cfg)
-    mode = check_mode(_given(mode, settings["mode"]))
+    mode = search_mode(mode, settings, metric)
     n = _given(num_samples, settings["num_samples"])
     if settings["per_family"] is not None and n != settings["num_samples"]:
         raise LossearchError(
@@ -277,6 +277,16 @@ def _check_name(name: str) -> None:
     """An experiment name is one folder name under the storage: not empty, no path."""
     if not name.strip() or name in (".", "..") or any(c in name for c in "/\\"):
         raise LossearchError(f"--name must be a folder name (no '/'), got {name!r}")
+
+
+def search_mode(given: str | None, settings: dict[str, Any], metric: str) -> str:
+    """The search's mode: ``--mode``; else the space's ``search.mode`` when ``metric`` is the
+    space's own ``search.metric``; else the metric's :func:`~lossearch.experiment.
+    default_mode`. (``--metric loss.ce`` on a space whose mode ``max`` was for its
+    ``exact_match`` maximised the loss: the worst trials won, while confirm and analysis
+    minimised it.)"""
+    in_space = settings["mode"] if metric == settings["metric"] else None
+    return check_mode(_given(given, in_space, default_mode(metric)))
 
 
 def _given(value: Any, *defaults: Any) -> Any:

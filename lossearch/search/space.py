@@ -13,7 +13,7 @@ and :meth:`SearchSpace.make_sampler` its ``sampler``::
 
     sp = load_space("search_spaces/quick.yaml")
     searcher = OptunaSearch(space=sp.define_by_run, metric=sp.settings["metric"],
-                            mode=sp.settings["mode"], sampler=sp.make_sampler())
+                            mode=sp.settings["mode"] or "max", sampler=sp.make_sampler())
 
 Parameter specs (the value under a dotted key) and the call each becomes, per trial:
 

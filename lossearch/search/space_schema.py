@@ -184,7 +184,8 @@ class SearchSettings(_Schema):
     seed: int = 0
     num_samples: PositiveInt = 20
     metric: str = Field(default="exact_match", min_length=1)
-    mode: Literal["max", "min"] = "max"
+    # None: lossearch.experiment.default_mode of the metric (min for loss*, else max)
+    mode: Literal["max", "min"] | None = None
     scheduler: Literal["asha", "fifo"] = "asha"
     grace_period: PositiveInt = 1
     reduction_factor: float = Field(default=2, gt=1)
