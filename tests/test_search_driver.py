@@ -169,3 +169,27 @@ def test_a_loss_metric_without_a_mode_is_minimised() -> None:
     assert search_mode("max", settings, "loss") == "max"  # --mode wins
     assert search_mode(None, {**settings, "mode": None}, "exact_match") == "max"
     assert search_mode(None, {"metric": "loss", "mode": "max"}, "loss") == "max"  # the space's
+
+
+def test_search_settings_the_search_will_not_read_are_named() -> None:
+    from lossearch.search.driver import unused_settings
+    from lossearch.search.space import load_space
+
+    raw = yaml.safe_load(QUICK.read_text())
+    assert unused_settings(load_space(raw), "asha") == []  # quick.yaml: TPE and ASHA
+    raw["search"].update(scheduler="fifo", grace_period=2, sampler="random")
+    assert unused_settings(load_space(raw), "fifo", ["reduction_factor"]) == [
+        "search.grace_period is ASHA's: ignored with scheduler fifo",
+        "search.reduction_factor is ASHA's: ignored with scheduler fifo",
+        "search.n_startup_trials is TPE's: ignored by the random sampler",
+    ]
+
+
+def test_the_seed_is_not_a_searched_parameter() -> None:
+    """A sampled ``seed`` was accepted, and every trial trained under the base seeds."""
+    from lossearch.search.space import load_space
+
+    raw = yaml.safe_load(QUICK.read_text())
+    raw["space"]["seed"] = {"choices": [0, 1]}
+    with pytest.raises(LossearchError, match=r"space > seed: the seed is not searched"):
+        load_space(raw)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -222,7 +222,10 @@ def run_search(
 
     # data, model path, lengths (and, when a confirm follows, the test split): checked here,
     # before Ray starts; the trials themselves never load the test split
-    notices = preflight(base_cfg, test=require_test)
+    notices = preflight(base_cfg, test=require_test) + unused_settings(
+        sp, scheduler, asha_given=[k for k, v in (("grace_period", grace_period),
+                                                  ("reduction_factor", reduction_factor)) if v]
+    )
     from lossearch.ray_train import check_ray_address
 
     check_ray_address(address)  # before the experiment directory is written
@@ -277,6 +280,20 @@ def _check_name(name: str) -> None:
     """An experiment name is one folder name under the storage: not empty, no path."""
     if not name.strip() or name in (".", "..") or any(c in name for c in "/\\"):
         raise LossearchError(f"--name must be a folder name (no '/'), got {name!r}")
+
+
+def unused_settings(sp: Any, scheduler: str, asha_given: Sequence[str] = ()) -> list[str]:
+    """The ``search:`` settings the space's file sets (and the ASHA settings ``asha_given``
+    on the command line) that the search will not read: ASHA's with ``scheduler`` fifo,
+    TPE's ``n_startup_trials`` with the random or grid sampler. One line each."""
+    given = set((sp.raw.get("search") or {}).keys())
+    out = []
+    if scheduler == "fifo":
+        out += [f"search.{k} is ASHA's: ignored with scheduler fifo"
+                for k in ("grace_period", "reduction_factor") if k in given or k in asha_given]
+    if sp.sampler in ("random", "grid") and "n_startup_trials" in given:
+        out.append(f"search.n_startup_trials is TPE's: ignored by the {sp.sampler} sampler")
+    return out
 
 
 def search_mode(given: str | None, settings: dict[str, Any], metric: str) -> str:

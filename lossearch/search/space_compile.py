@@ -136,6 +136,11 @@ def _check_key(key: str, path: str, family: str | None) -> tuple[str, ...]:
         raise LossearchError(f"{path}: '{key}' is reserved (set by the search, not the space)")
     if key == FAMILY_KEY:
         raise LossearchError(f"{path}: loss.family goes at the top level of space only")
+    if key == "seed":  # trials train under the base seed and the next ones (--seeds)
+        raise LossearchError(
+            f"{path}: the seed is not searched: trials train under base seed .. seed+S-1 "
+            "(--seeds S, search.num_seeds)"
+        )
     parts = tuple(key.split("."))
     if parts[0] != "loss":
         return parts
