@@ -349,12 +349,21 @@ def flatten(tree: Mapping[str, Any], sep: str = ".") -> dict[str, Any]:
     return out
 
 
+def refuse_repeated_keys(keys: list[str]) -> None:
+    """One line for the first dotted override key given twice (``optim.lr=1e-3
+    optim.lr=3e-3``): applied in turn, the last would win without a word."""
+    twice = next((k for i, k in enumerate(keys) if k in keys[:i]), None)
+    if twice is not None:
+        raise LossearchError(f"override '{twice}' given more than once; give it once")
+
+
 def apply_overrides(tree: dict[str, Any], overrides: list[str] | dict[str, Any]) -> dict[str, Any]:
     """Return a copy of ``tree`` with overrides (``["a.b=1"]`` or ``{"a.b": 1}``) applied.
 
     An override changes the config the tree stands for: a ``loss.*`` key where the tree has
     no ``loss`` applies to the default loss (``{ce: 1.0}``), so ``loss.ce.label_smoothing=0.1``
-    keeps CE's weight and ``loss.focal.weight=0.4`` adds focal to it.
+    keeps CE's weight and ``loss.focal.weight=0.4`` adds focal to it. A key given twice is
+    an error (the last would win without a word).
     """
     out = copy.deepcopy(tree)
     items = (
@@ -362,6 +371,7 @@ def apply_overrides(tree: dict[str, Any], overrides: list[str] | dict[str, Any])
         if isinstance(overrides, list)
         else [(k.split("."), v) for k, v in overrides.items()]
     )
+    refuse_repeated_keys([".".join(path) for path, _ in items])
     if "loss" not in out and any(path[0] == "loss" and len(path) > 1 for path, _ in items):
         out["loss"] = TrainConfig.model_fields["loss"].default_factory()
     for path, value in items:

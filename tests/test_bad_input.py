@@ -115,6 +115,8 @@ CASES: list[tuple[str, list[str], str]] = [
     ("train-malformed-data-file",
      ["train", "task.name=jsonl", "task.train_file=half.jsonl", "task.test_file=ok.jsonl"],
      "could not read"),
+    ("train-override-given-twice", ["train", "optim.lr=1e-3", "optim.lr=2e-3"],
+     "override 'optim.lr' given more than once"),
     ("train-renamed-key", ["train", "task.eval_size=20"], "use task.val_size"),
     ("train-duplicate-yaml-key", ["train", "--config", "dup.yaml"],
      "dup.yaml (line 4): duplicate key 'optim'"),
@@ -147,7 +149,11 @@ CASES: list[tuple[str, list[str], str]] = [
     ("search-empty-choice-list", ["search", "--space", "space_empty_choices.yaml"],
      "empty choice list"),
     ("search-unknown-task", ["search", "--space", str(QUICK), "task.name=nope"], "unknown task"),
-    ("search-all-weights-zero", ["search", "--space", str(QUICK), "loss.ce=0"], "positive weight"),
+    # a trial's loss weights come from its family, never from the base config
+    ("search-loss-weight-override", ["search", "--space", str(QUICK), "loss.ce=0"],
+     "override 'loss.ce': a trial's loss weights come from its family"),
+    ("search-override-given-twice", ["search", "--space", str(QUICK), "optim.lr=1e-3",
+                                     "optim.lr=2e-3"], "override 'optim.lr' given more than once"),
     ("search-missing-model", ["search", "--space", str(QUICK),
                               "model.name_or_path=/no/such/model"], "/no/such/model"),
     (

@@ -220,8 +220,9 @@ def test_preflight_names_what_the_training_will_not_do_as_written(tmp_path):
     data = tmp_path / "data.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     base = ["task.name=jsonl", f"task.train_file={data}", "task.val_size=8",
-            "optim.batch_size=8", "optim.epochs=2", "optim.warmup_steps=2"]
-    assert preflight(load_config(overrides=base)) == []  # 72 rows: 9 steps an epoch, 18 in all
+            "optim.batch_size=8", "optim.epochs=2"]
+    # 72 rows: 9 steps an epoch, 18 in all
+    assert preflight(load_config(overrides=[*base, "optim.warmup_steps=2"])) == []
     notices = preflight(load_config(overrides=[
         *base, "task.arith_max_operand=9", "optim.max_steps=50", "optim.warmup_steps=40",
         "task.max_length=16", "scaling.gpus_per_worker=2",

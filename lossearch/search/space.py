@@ -115,7 +115,13 @@ from typing import Any
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.samplers import BaseSampler
 
-from lossearch.config import apply_overrides, parse_override, read_yaml, validate
+from lossearch.config import (
+    apply_overrides,
+    parse_override,
+    read_yaml,
+    refuse_repeated_keys,
+    validate,
+)
 from lossearch.errors import LossearchError
 from lossearch.search.samplers import GridPointSampler, PerFamilySampler, make_sampler
 from lossearch.search.space_compile import (
@@ -383,6 +389,7 @@ def load_space(
     if overrides:
         items = _override_items(overrides)
         fixed = {k: _coerce_like(searched[k], v) for k, v in items.items() if k in searched}
+        _refuse_unsearched_loss_weights(items, fixed)
         if file.grid is not None:
             fixed_points = [{k: fixed.get(k, v) for k, v in p.items()} for p in points]
             # points that differed only in a fixed key are one point now
@@ -432,12 +439,32 @@ def load_space(
     return sp
 
 
+def _refuse_unsearched_loss_weights(items: Mapping[str, Any], fixed: Mapping[str, Any]) -> None:
+    """A trial's loss weights come from its family (``loss.family``, ``loss.ce.weight`` of
+    the space), never from the base config: an override of a weight the space does not
+    search (``loss.ce.weight=0.5``, ``loss.focal=0.4``) would be ignored. One line instead."""
+    for key, value in items.items():
+        parts = key.split(".")
+        weight = (len(parts) == 3 and parts[2] == "weight") or (
+            len(parts) == 2 and parts[1] in LOSS_FAMILIES and not isinstance(value, Mapping)
+        )
+        if parts[0] == "loss" and weight and key not in fixed:
+            raise LossearchError(
+                f"override '{key}': a trial's loss weights come from its family and the space's "
+                "loss.ce.weight, and this space does not search it; set it in the space's "
+                "space: section instead"
+            )
+
+
 def _override_items(overrides: list[str] | Mapping[str, Any]) -> dict[str, Any]:
-    """``["a.b=1"]`` or ``{"a.b": 1}`` -> ``{"a.b": 1}`` (YAML-parsed values, last one wins)."""
+    """``["a.b=1"]`` or ``{"a.b": 1}`` -> ``{"a.b": 1}`` (YAML-parsed values); a key given
+    twice is an error (the last one would win without a word)."""
     if isinstance(overrides, Mapping):
         items = {str(k): v for k, v in overrides.items()}
     else:
-        items = {".".join(parts): value for parts, value in map(parse_override, overrides)}
+        pairs = [(".".join(parts), value) for parts, value in map(parse_override, overrides)]
+        refuse_repeated_keys([k for k, _ in pairs])
+        items = dict(pairs)
     if FAMILY_KEY in items:
         raise LossearchError(
             "override 'loss.family': the families are set by the space file; edit its "
