@@ -49,6 +49,9 @@ def _make_files(root: Path) -> None:
     (root / "dup.yaml").write_text("optim:\n  lr: 0.1\nseed: 1\noptim:\n  epochs: 2\n")
     dup_space = yaml.safe_dump(_space()) + "space:\n  optim.lr: 0.5\n"
     (root / "space_dup.yaml").write_text(dup_space)
+    grace = {**_space(), "search": {"sampler": "random", "num_samples": 2, "grace_period": 5}}
+    grace["base"] = {**grace["base"], "optim": {"epochs": 1}}
+    (root / "space_grace.yaml").write_text(yaml.safe_dump(grace))
     (root / "space_inf.yaml").write_text(
         yaml.safe_dump(_space(**{"optim.lr": {"low": 1e-4, "high": float("inf")}}))
     )
@@ -167,6 +170,8 @@ CASES: list[tuple[str, list[str], str]] = [
     ("search-warm-start-of-another-version",
      ["search", "--space", str(QUICK), "--warm-start", "oldexp"],
      "oldexp: its saved space does not load: config key 'extra': unknown key"),
+    ("search-grace-period-beyond-epochs", ["search", "--space", "space_grace.yaml"],
+     "search.grace_period 5 is more than optim.epochs 1"),
     ("search-duplicate-space-key", ["search", "--space", "space_dup.yaml"],
      "duplicate key 'space'"),
     ("search-infinite-range", ["search", "--space", "space_inf.yaml"],

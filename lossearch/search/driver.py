@@ -30,6 +30,11 @@ def _scheduler(kind: str, meta: dict[str, Any]) -> Any:
     if kind != "asha":
         raise LossearchError(f"unknown scheduler '{kind}' (use asha or fifo)")
     max_t = int(meta["base_config"]["optim"]["epochs"])
+    if int(meta["asha"]["grace_period"]) > max(max_t, 1):  # Ray's assert, as a traceback
+        raise LossearchError(
+            f"search.grace_period {meta['asha']['grace_period']} is more than optim.epochs "
+            f"{max_t}: ASHA stops trials at rungs from grace_period epochs on, up to the last"
+        )
     return ASHAScheduler(
         time_attr="epoch",
         metric=meta["metric"],
