@@ -10,6 +10,7 @@ from typing import Any
 
 import optuna
 import pytest
+import yaml
 
 from lossearch.config import TrainConfig
 from lossearch.errors import LossearchError
@@ -770,3 +771,13 @@ def test_override_in_an_explicit_grid() -> None:
     assert sp.fixed_by_override == (("optim.lr", 0.005),)
     assert [p.get("optim.lr") for p in sp.grid] == [0.005, None]  # the two ce points are one
     assert sp.settings["num_samples"] == 2
+
+
+def test_a_first_point_sets_only_what_its_family_samples() -> None:
+    """Optuna keeps of a first point only the parameters the trial samples: a fixed or absent
+    key (``optim.weight_decay: 0.1``) was dropped, the trial trained with the base's 0.0."""
+    raw = yaml.safe_load((SPACES / "quick.yaml").read_text())
+    raw["search"]["first_points"][0]["optim.weight_decay"] = 0.1
+    with pytest.raises(LossearchError, match=r"first_points\[0\]: 'optim.weight_decay' is not "
+                                             r"sampled for family ce"):
+        load_space(raw)

@@ -416,6 +416,15 @@ def load_space(
                 f"search > first_points[{i}]: loss.family '{point[FAMILY_KEY]}' is not one of "
                 f"the space's families ({', '.join(names)})"
             )
+        sampled = {p.key for f in families if f.name == point[FAMILY_KEY]
+                   for p in f.every if p.sampled}
+        extra = [k for k in point if k != FAMILY_KEY and k not in sampled]
+        if families and extra:  # Optuna keeps only what the trial samples: it was dropped
+            raise LossearchError(
+                f"search > first_points[{i}]: '{extra[0]}' is not sampled for family "
+                f"{point[FAMILY_KEY]}, so a first point cannot set it (set it in base:, or "
+                "search it in space:)"
+            )
     given = "num_samples" in file.search.model_fields_set
     if settings["sampler"] == "grid" and not given:
         settings["num_samples"] = len(points)
