@@ -57,14 +57,16 @@ def _tokenizer(cfg: ModelConfig) -> Any:
         ) from None
 
 
-def preflight(cfg: TrainConfig, *, test: bool = False) -> list[str]:
+def preflight(cfg: TrainConfig, *, test: bool = False, search: bool = False) -> list[str]:
     """Raise :class:`LossearchError` for what would make every worker of ``cfg`` fail.
 
     Checks: the task exists and its train and validation data (and, with ``test``, its test
     data) load and are not empty, and ``task.val_size`` fits in train; the model path
     exists and its tokenizer loads; at least one training example fits in
     ``task.max_length``; one epoch has at least one optimizer step; no data file is given
-    to the ``arith`` task. Returns what the training will not do as written
+    to the ``arith`` task; for a ``search``, no ``optim.max_steps`` ends the trainings before
+    ``optim.epochs`` (ASHA and the study count a trial finished at ``optim.epochs``: such
+    trials read as pruned). Returns what the training will not do as written
     (:func:`_notices`), for :func:`warn` once the caller's other checks have passed.
     """
     from lossearch.losses import normalize_spec
@@ -82,6 +84,13 @@ def preflight(cfg: TrainConfig, *, test: bool = False) -> list[str]:
         raise LossearchError(
             f"{len(features)} training examples are fewer than one optimizer step "
             f"({o.batch_size} x {world} workers x {o.grad_accum} accumulation)"
+        )
+    if search and o.max_steps is not None and o.max_steps < steps_per_epoch * o.epochs:
+        runs = -(-o.max_steps // steps_per_epoch)  # ceil: the epoch max_steps ends in
+        raise LossearchError(
+            f"optim.max_steps {o.max_steps} ends each training in epoch {runs} of "
+            f"optim.epochs {o.epochs} ({steps_per_epoch} steps an epoch): a search counts a "
+            f"trial finished at optim.epochs; set optim.epochs={runs}, or leave out max_steps"
         )
     return _notices(cfg, stats, steps_per_epoch * o.epochs)
 

@@ -227,7 +227,7 @@ def run_search(
 
     # data, model path, lengths (and, when a confirm follows, the test split): checked here,
     # before Ray starts; the trials themselves never load the test split
-    notices = preflight(base_cfg, test=require_test) + unused_settings(
+    notices = preflight(base_cfg, test=require_test, search=True) + unused_settings(
         sp, scheduler, asha_given=[k for k, v in (("grace_period", grace_period),
                                                   ("reduction_factor", reduction_factor)) if v]
     )
