@@ -272,7 +272,9 @@ def test_diverged_trial_is_errored_with_reason_and_the_search_went_on(chaos: dic
 
 
 QUICK = procs.REPO / "search_spaces" / "quick.yaml"
-TINY_RUN = ["task.arith_train_size=320", "task.val_size=20", "optim.epochs=1"]
+# 10 steps an epoch: no warmup (30 steps would cover the training, a warning line)
+TINY_DATA = ["task.arith_train_size=320", "task.val_size=20", "optim.warmup_steps=0"]
+TINY_RUN = [*TINY_DATA, "optim.epochs=1"]
 
 
 def _limit_file_size() -> None:
@@ -483,7 +485,7 @@ def stopped_trains(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         sig = getattr(signal, signame)
         root = tmp_path_factory.mktemp(signame.lower())
         log, run = root / "train.log", root / "run"
-        p = procs.start([BIN / "lossearch", "train", "--out", run, *TINY_RUN, "optim.epochs=4"],
+        p = procs.start([BIN / "lossearch", "train", "--out", run, *TINY_DATA, "optim.epochs=4"],
                         log=log, cwd=root, env=lossearch_env())
         try:
             procs.wait_for_file(log, 240, "epoch 1/4")
