@@ -134,7 +134,7 @@ def _notices(cfg: TrainConfig, stats: Any, total_steps: int) -> list[str]:
     steps = min(o.max_steps or total_steps, total_steps)
     if o.warmup_steps >= steps:
         out.append(f"optim.warmup_steps {o.warmup_steps} covers the whole training ({steps} "
-                   f"steps): the learning rate only rises, the {o.scheduler} decay never comes")
+                   f"steps): the learning rate only rises, its {o.scheduler} phase never comes")
     t = cfg.task
     if t.name == "arith" and t.train_size is not None and t.train_size > t.arith_train_size:
         out.append(f"task.train_size {t.train_size} is more than task.arith_train_size "

@@ -231,7 +231,8 @@ def test_preflight_names_what_the_training_will_not_do_as_written(tmp_path):
     assert notices[1].startswith("training examples cut to task.max_length: kept ")
     assert notices[2] == ("optim.max_steps 50 is more than the 2 epochs make (18 steps): "
                           "training stops at 18")
-    assert notices[3].startswith("optim.warmup_steps 40 covers the whole training (18 steps)")
+    assert notices[3] == ("optim.warmup_steps 40 covers the whole training (18 steps): the "
+                          "learning rate only rises, its cosine phase never comes")
     assert notices[4] == "scaling.gpus_per_worker 2.0 without scaling.use_gpu: true: no GPU is used"
     with warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always")
