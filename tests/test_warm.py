@@ -133,8 +133,14 @@ def test_the_first_trials_run_in_the_warm_workers(tmp_path):
     pids = json.loads(out.stdout.strip().splitlines()[-1])
     # Ray ran the setup hook in the workers it started with (one per core, two at most) ...
     assert len(pids["warm"]) == min(2, os.cpu_count())
-    # ... and Tune's trial actors took those workers (on one core, the second trial a new one)
-    assert set(pids["warm"]) <= set(pids["trials"])
+    # ... and Tune's trial actors took those workers: no trial started in a cold one. (Not
+    # "both warm workers were used": on a loaded machine the first trial can end before the
+    # second actor is placed, and the second trial then reuses the first's warm process, as
+    # one full-suite run showed.) On one core the second trial may need a new worker.
+    if os.cpu_count() >= 2:
+        assert pids["trials"] and set(pids["trials"]) <= set(pids["warm"])
+    else:
+        assert set(pids["warm"]) <= set(pids["trials"])
 
 
 def test_one_warm_worker_per_concurrent_in_process_trial_at_most_one_per_core():
