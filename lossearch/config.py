@@ -30,7 +30,7 @@ from pydantic import (
 )
 
 from lossearch.errors import LossearchError
-from lossearch.storage import absolute_path, is_uri
+from lossearch.storage import absolute_path, is_uri, read_local_text
 from lossearch.tiny import TINY
 
 M = TypeVar("M", bound=BaseModel)
@@ -382,14 +382,8 @@ def apply_overrides(tree: dict[str, Any], overrides: list[str] | dict[str, Any])
 def read_yaml(path: str | Path) -> dict[str, Any]:
     """Read a YAML mapping; missing file or malformed YAML is a one-line LossearchError."""
     p = Path(path)
-    if p.is_dir():
-        raise LossearchError(f"{p} is a directory; name a YAML file")
-    if not p.is_file():
-        raise LossearchError(f"file not found: {p}")
     try:
-        data = load_user_yaml(p.read_text(encoding="utf-8"))
-    except UnicodeDecodeError:
-        raise LossearchError(f"{p} is not a UTF-8 text file") from None
+        data = load_user_yaml(read_local_text(p, "a YAML file"))
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark is not None else ""

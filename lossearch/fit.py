@@ -23,7 +23,6 @@ batch of ``optim.batch_size * world`` examples is split across ranks (:func:`epo
 from __future__ import annotations
 
 import json
-import math
 import os
 import sys
 import tempfile
@@ -37,8 +36,8 @@ from typing import Any
 import torch
 
 from lossearch.config import TrainConfig
-from lossearch.errors import LossearchError
 from lossearch.metrics import summary_line
+from lossearch.steps import plan_steps
 
 Report = Callable[[dict[str, Any], "str | None"], None]
 """``report(metrics, checkpoint_dir)``: one call per epoch on every rank. ``checkpoint_dir``
@@ -86,24 +85,6 @@ class Replica:
     scheduler: Any
     history: list[dict[str, Any]] = field(default_factory=list)
     scaler: torch.amp.GradScaler | None = None  # fp16 loss scaling, see make_scaler
-
-
-def plan_steps(n_train: int, cfg: TrainConfig, world: int = 1) -> tuple[int, int, int]:
-    """``(steps_per_epoch, total_steps, epochs)`` in optimizer steps for ``n_train`` examples.
-
-    A step consumes ``batch_size * world * grad_accum`` examples; ``optim.max_steps`` caps
-    the total, which can end training inside an epoch (``epochs`` rounds up).
-    ``steps_per_epoch`` is exactly what :func:`train_epoch` steps: the whole accumulation
-    groups among the epoch's micro-batches (:func:`accumulation_groups`).
-    """
-    steps_per_epoch = n_train // (cfg.optim.batch_size * world) // cfg.optim.grad_accum
-    if steps_per_epoch < 1:
-        raise LossearchError(
-            f"{n_train} training examples are fewer than one optimizer step "
-            f"({cfg.optim.batch_size} x {world} workers x {cfg.optim.grad_accum} accumulation)"
-        )
-    total_steps = min(cfg.optim.max_steps or 10**12, steps_per_epoch * cfg.optim.epochs)
-    return steps_per_epoch, total_steps, math.ceil(total_steps / steps_per_epoch)
 
 
 def build_optimizer(cfg: TrainConfig, model: Any, total_steps: int) -> tuple[Any, Any]:
@@ -158,7 +139,7 @@ def accumulation_groups(
     Only whole groups are kept, at most ``step_cap`` of them: leftover micro-batches at the
     end of an epoch (fewer than ``accum``) are not trained, as the last partial global
     batch is not (:func:`epoch_batches`). Every backward pass is thus followed by a step in
-    the same epoch, and the step count is :func:`plan_steps`'s ``steps_per_epoch``.
+    the same epoch, and the step count is :func:`~lossearch.steps.plan_steps`'s ``steps_per_epoch``.
     """
     n_groups = min(len(batches) // accum, max(step_cap, 0))
     return [batches[g * accum : (g + 1) * accum] for g in range(n_groups)]

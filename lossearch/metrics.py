@@ -354,18 +354,12 @@ def read_predictions(path: str | Path) -> tuple[list[str], list[str]]:
             not a JSON object with both string fields (the message names the line), or no
             lines at all.
     """
+    from lossearch.storage import read_local_text
+
     p = Path(path)
-    if p.is_dir():
-        raise LossearchError(f"{p} is a directory; name a predictions JSONL file")
-    if not p.is_file():
-        raise LossearchError(f"file not found: {p}")
     preds: list[str] = []
     refs: list[str] = []
-    try:
-        text = p.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise LossearchError(f"{p} is not a UTF-8 text file") from None
-    for n, line in enumerate(text.splitlines(), start=1):
+    for n, line in enumerate(read_local_text(p, "a predictions JSONL file").splitlines(), 1):
         if not line.strip():
             continue
         try:

@@ -20,6 +20,7 @@ from typing import Any
 from lossearch.config import IgnoredKeyWarning, ModelConfig, TrainConfig, ignored_task_keys
 from lossearch.config import looks_like_path as _looks_like_path
 from lossearch.errors import LossearchError
+from lossearch.steps import plan_steps
 from lossearch.tiny import TINY, build_tiny_tokenizer, refuse_tiny_lora
 
 
@@ -78,21 +79,17 @@ def preflight(cfg: TrainConfig, *, test: bool = False, search: bool = False) -> 
     data = load_task(cfg.task, test=test)
     tokenizer = _tokenizer(cfg.model)
     features, stats = tokenize(data.train, tokenizer, cfg.task.max_length)
-    o, world = cfg.optim, cfg.scaling.num_workers
-    steps_per_epoch = len(features) // (o.batch_size * world) // o.grad_accum
-    if steps_per_epoch < 1:
-        raise LossearchError(
-            f"{len(features)} training examples are fewer than one optimizer step "
-            f"({o.batch_size} x {world} workers x {o.grad_accum} accumulation)"
-        )
-    if search and o.max_steps is not None and o.max_steps < steps_per_epoch * o.epochs:
+    o = cfg.optim
+    steps_per_epoch, total_steps, _ = plan_steps(len(features), cfg, cfg.scaling.num_workers)
+    full = steps_per_epoch * o.epochs  # without optim.max_steps
+    if search and o.max_steps is not None and o.max_steps < full:
         runs = -(-o.max_steps // steps_per_epoch)  # ceil: the epoch max_steps ends in
         raise LossearchError(
             f"optim.max_steps {o.max_steps} ends each training in epoch {runs} of "
             f"optim.epochs {o.epochs} ({steps_per_epoch} steps an epoch): a search counts a "
             f"trial finished at optim.epochs; set optim.epochs={runs}, or leave out max_steps"
         )
-    return _notices(cfg, stats, steps_per_epoch * o.epochs)
+    return _notices(cfg, stats, full, total_steps)
 
 
 def warn(notices: list[str]) -> None:
@@ -116,11 +113,13 @@ def _check_data_files_have_a_task(cfg: TrainConfig) -> None:
         )
 
 
-def _notices(cfg: TrainConfig, stats: Any, total_steps: int) -> list[str]:
+def _notices(cfg: TrainConfig, stats: Any, full_steps: int, total_steps: int) -> list[str]:
     """What of ``cfg`` the training will not do as written, each one line: keys another task
     reads, training examples cut or dropped at ``task.max_length``, an ``optim.max_steps`` or
     ``optim.warmup_steps`` beyond the steps the epochs make, a ``task.train_size`` beyond
-    ``arith_train_size``, ``scaling.gpus_per_worker`` without ``scaling.use_gpu``."""
+    ``arith_train_size``, ``scaling.gpus_per_worker`` without ``scaling.use_gpu``.
+    ``full_steps``: what the epochs make; ``total_steps``: what is trained (capped by
+    ``max_steps``), as :func:`lossearch.steps.plan_steps` counts them."""
     out = []
     ignored = ignored_task_keys(cfg.task)
     if ignored:
@@ -128,12 +127,11 @@ def _notices(cfg: TrainConfig, stats: Any, total_steps: int) -> list[str]:
     if stats.truncated or stats.dropped:
         out.append(f"training examples cut to task.max_length: {stats.summary()}")
     o = cfg.optim
-    if o.max_steps is not None and o.max_steps > total_steps:
+    if o.max_steps is not None and o.max_steps > full_steps:
         out.append(f"optim.max_steps {o.max_steps} is more than the {o.epochs} epochs make "
-                   f"({total_steps} steps): training stops at {total_steps}")
-    steps = min(o.max_steps or total_steps, total_steps)
-    if o.warmup_steps >= steps:
-        out.append(f"optim.warmup_steps {o.warmup_steps} covers the whole training ({steps} "
+                   f"({full_steps} steps): training stops at {full_steps}")
+    if o.warmup_steps >= total_steps:
+        out.append(f"optim.warmup_steps {o.warmup_steps} covers the whole training ({total_steps} "
                    f"steps): the learning rate only rises, its {o.scheduler} phase never comes")
     t = cfg.task
     if t.name == "arith" and t.train_size is not None and t.train_size > t.arith_train_size:

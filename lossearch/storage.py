@@ -133,6 +133,20 @@ def remove_dir(folder: str, name: str) -> None:
     shutil.rmtree(Path(folder, name), ignore_errors=True)
 
 
+def read_local_text(path: Path, what: str) -> str:
+    """The UTF-8 text of the local file ``path``; a one-line
+    :class:`~lossearch.errors.LossearchError` for a directory (``what`` names the file
+    expected: "a YAML file"), a missing file, or text that is not UTF-8."""
+    if path.is_dir():
+        raise LossearchError(f"{path} is a directory; name {what}")
+    if not path.is_file():
+        raise LossearchError(f"file not found: {path}")
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise LossearchError(f"{path} is not a UTF-8 text file") from None
+
+
 def check_local_target(path: str | Path, flag: str, *, kind: Literal["file", "dir"]) -> Path:
     """``path`` (resolved) if a ``kind`` (``"file"`` or ``"dir"``) can be written there: it is
     absent or already a ``kind``, and its nearest existing ancestor is a directory. Else a
