@@ -150,8 +150,11 @@ def _write(entry: dict[str, Any], path: Path) -> None:
         raise LossearchError(f"cannot write {path}: {err.strerror or err}") from None
 
 
-VERDICT_COLUMNS = ("rank", "loss", "config_id", "mean", "ci_low", "ci_high", "n_seeds",
-                   "n_questions")
+WINNER_COLUMNS = ("rank", "loss", "config_id", "mean", "ci_low", "ci_high", "n_seeds",
+                  "n_questions")
+"""The columns of ``verdict.csv`` (:data:`analysis.verdict.VERDICT_COLUMNS`) an export of the
+confirmed winner reads; all but ``loss`` and ``config_id`` are numbers."""
+_NUMBER_COLUMNS = tuple(c for c in WINNER_COLUMNS if c not in ("loss", "config_id"))
 _COUNT_COLUMNS = ("rank", "n_seeds", "n_questions")
 
 
@@ -180,7 +183,7 @@ def read_verdict(exp: str) -> pd.DataFrame | None:
 
     Raises:
         LossearchError: one line naming the file: empty, not CSV, a column of
-            :data:`VERDICT_COLUMNS` missing, a count or metric column not numeric.
+            :data:`WINNER_COLUMNS` missing, a count or metric column not numeric.
     """
     import io
 
@@ -202,12 +205,12 @@ def read_verdict(exp: str) -> pd.DataFrame | None:
     except ValueError as err:  # pandas' ParserError, a bad encoding
         why = str(err).strip().splitlines()[-1] if str(err).strip() else "unreadable"
         raise LossearchError(f"{where}: not a CSV verdict ({why}); {_rerun(exp)}") from None
-    for col in VERDICT_COLUMNS:
+    for col in WINNER_COLUMNS:
         if col not in table.columns:
             raise LossearchError(
                 f"{where}: not a lossearch verdict (no '{col}' column); {_rerun(exp)}"
             )
-    for col in ("rank", "mean", "ci_low", "ci_high", "n_seeds", "n_questions"):
+    for col in _NUMBER_COLUMNS:
         values = pd.to_numeric(table[col], errors="coerce")
         bad = values.isna() & table[col].notna()
         if bad.any() or (col in _COUNT_COLUMNS and values.isna().any()):
