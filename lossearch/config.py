@@ -119,19 +119,14 @@ class TaskConfig(_Section):
     @classmethod
     def _val_size(cls, value: Any) -> Any:
         # a whole number is a count (1, 200, 200.0); anything else must be a fraction in (0, 1)
-        if isinstance(value, bool):
-            raise ValueError(f"must be a count >= 1 or a fraction of train in (0, 1), got {value}")
         if not isinstance(value, (int, float)):
             return value  # pydantic reports the type
-        if not math.isfinite(value):
-            raise ValueError(f"must be a count >= 1 or a fraction of train in (0, 1), got {value}")
-        if value == int(value) and value >= 1:
-            return int(value)
-        if not 0 < value < 1:
-            raise ValueError(
-                f"must be a count >= 1 or a fraction of train in (0, 1), got {value!r}"
-            )
-        return float(value)
+        if not isinstance(value, bool) and math.isfinite(value):
+            if value == int(value) and value >= 1:
+                return int(value)
+            if 0 < value < 1:
+                return float(value)
+        raise ValueError(f"must be a count >= 1 or a fraction of train in (0, 1), got {value!r}")
 
     @model_validator(mode="after")
     def _fraction_needs_train(self) -> TaskConfig:
