@@ -20,28 +20,33 @@ validation split after each epoch):
   set ``task.test_size: 8`` (one short generation batch) to keep that extra work small.
 
 Each search starts a Ray of its own as ``run_search`` starts one (``local_ray_cpus()``:
-cores + 1, one warm worker per concurrent trial: :mod:`lossearch.warm`) and shuts it down
-after. The table gives each wall time and its ratio to the plain loop and to the sequential
-``train`` runs, all measured in this one run: the search from ``run_search``'s call (Ray
-already started, its warm workers perhaps still importing), and the same with Ray's start.
+cores + 1, and a fork server whose children train the trials: :mod:`lossearch.fork_server`)
+and shuts both down after. The table gives each wall time and its ratio to the plain loop
+and to the sequential ``train`` runs, all measured in this one run: the search from
+``run_search``'s call (Ray already started, the fork server perhaps still importing), and
+the same with Ray's and the server's start (the server imports while Ray starts: only this
+row counts all of its imports).
 Then, per training: a trial's time from its function's start to its last report (Tune's
 ``result.json``) minus the plain training of the same config; what ``train`` adds; and what
 the search adds over the ideal of two plain trainings side by side, amortized:
 ``(2 x search - plain) / 4``, which counts everything (the trials' start, their imports,
-Tune's own work). Issue 16's targets, printed as verdicts:
+Tune's own work). Issue 16's targets, printed as verdicts, from ``run_search``'s call and
+with the start:
 
 * per-training overhead of the search over the plain loop (amortized) <= 3 s;
 * the 2-concurrent search <= 0.6x the 4 plain trainings in a row.
 
-A fourth variant, the same search in a Ray started without warm workers (``warm=0``; the
-trial actors still take Ray's idle workers), shows what the warm workers' imports save. A
-fifth, two plain lanes side by side (two processes without Ray, each training every other
-config with ``plain_train``, started together after their imports and first calls), is the
+A fourth variant, the same search with its trials training in their own processes (no fork
+server; one warm worker per concurrent trial imports as Ray starts: :mod:`lossearch.warm`,
+what ``LOSSEARCH_FORK_SERVER=0`` gives, and the code before the fork server), shows what
+the fork server saves. A fifth, two plain lanes side by side (two processes without Ray,
+each training every other config with ``plain_train``, started together after their imports
+and first calls), is the
 search's ideal as this machine runs it: where two trainings at once slow each other down
 (shared caches, memory bandwidth, a host's SMT siblings), the plain loop's half is out of
 reach for any 2-at-a-time run, and the search's overhead over these lanes is what Ray, Tune
 and the trial processes' start-up add. Full mode repeats the five in the order search,
-no-warm search, sequential, plain, lanes, then the reverse, and takes medians. ``--steps N``
+own-process search, sequential, plain, lanes, then the reverse, and takes medians. ``--steps N``
 sets the steps per epoch of every training (default 50, quick 15), to see the ratios at
 your own trial length.
 
@@ -154,24 +159,26 @@ def trial_reports(exp_path: str, t0: float) -> list[dict[str, Any]]:
 
 
 def run_search_timed(
-    space: dict[str, Any], storage: Path, name: str, warm: bool = True
+    space: dict[str, Any], storage: Path, name: str, fork: bool = True
 ) -> tuple[float, float, str, float]:
-    """One search in a Ray of its own, started as ``run_search`` starts one (cores + 1 CPUs,
-    one warm worker per concurrent trial; none if not ``warm``): the seconds to start Ray
-    (until its warm workers have registered), the seconds of ``run_search``, the experiment,
-    and ``run_search``'s start (a ``time.time()``). Ray is shut down after, so every round
-    starts the same way."""
+    """One search in a Ray of its own, started as ``run_search`` starts one (cores + 1 CPUs;
+    a fork server started just before it, or, if not ``fork``, one warm worker per
+    concurrent trial and trials training in their own processes, as with
+    ``LOSSEARCH_FORK_SERVER=0``): the seconds to start them (Ray, the server until it has
+    bound its socket, the warm workers until they have registered), the seconds of
+    ``run_search``, the experiment, and ``run_search``'s start (a ``time.time()``). Ray and
+    the server are shut down after, so every round starts the same way."""
     import ray
 
+    from lossearch import fork_server
     from lossearch.ray_train import init_ray
-    from lossearch.search.driver import local_ray_cpus, run_search, warm_workers
+    from lossearch.search.driver import local_ray_cpus, run_search, trial_processes
 
+    processes = trial_processes(space["base"], space["search"]["max_concurrent"])
+    if not fork:
+        processes = processes._replace(fork=False, warm=2)
     t0 = time.time()
-    init_ray(
-        None,
-        num_cpus=local_ray_cpus(),
-        warm=warm_workers(space["base"], space["search"]["max_concurrent"]) if warm else 0,
-    )
+    init_ray(None, num_cpus=local_ray_cpus(), warm=processes.warm, fork=processes.fork)
     t1 = time.time()
     try:
         exp = run_search(
@@ -180,6 +187,7 @@ def run_search_timed(
     finally:
         t2 = time.time()
         ray.shutdown()
+        fork_server.stop()
     return t1 - t0, t2 - t1, exp, t1
 
 
@@ -264,9 +272,9 @@ def run_lanes(space: dict[str, Any], n: int, work: Path) -> float:
 def run_round(
     i: int, space: dict[str, Any], cfgs: list[Any], work: Path, results: dict[str, list[Any]]
 ) -> None:
-    """One round: search, the search without warm workers, sequential, plain, two plain
-    lanes side by side (reversed in odd rounds), appended to ``results``."""
-    order = ["search", "cold", "sequential", "plain", "lanes"]
+    """One round: search, the search with trials in their own processes, sequential, plain,
+    two plain lanes side by side (reversed in odd rounds), appended to ``results``."""
+    order = ["search", "own", "sequential", "plain", "lanes"]
     for kind in order if i % 2 == 0 else order[::-1]:
         print(f"round {i}: {kind}", flush=True)
         if kind in ("sequential", "plain"):
@@ -277,11 +285,16 @@ def run_round(
             print(f"  two plain lanes side by side: {results['lanes'][-1]:.1f} s", flush=True)
             continue
         t_init, wall, exp, t0 = run_search_timed(
-            space, work / "experiments", f"{kind}{i}", warm=kind == "search"
+            space, work / "experiments", f"{kind}{i}", fork=kind == "search"
         )
-        if kind == "cold":
-            results["cold"].append(wall)
-            print(f"  search without warm workers: {wall:.1f} s", flush=True)
+        if kind == "own":
+            results["own"].append(wall)
+            results["own_init"].append(t_init)
+            print(
+                f"  search, trials in their own processes: {wall:.1f} s after starting Ray "
+                f"({t_init:.1f} s)",
+                flush=True,
+            )
             continue
         reports = trial_reports(exp, t0)
         results["search"].append(wall)
@@ -330,8 +343,8 @@ def main(argv: list[str] | None = None) -> int:
     cfgs = configs(space)
     work = Path(tempfile.mkdtemp(prefix="lossearch-bench-search-"))
     results: dict[str, list[Any]] = {
-        "search": [], "init": [], "cold": [], "sequential": [], "plain": [], "lanes": [],
-        "trials": [],
+        "search": [], "init": [], "own": [], "own_init": [], "sequential": [], "plain": [],
+        "lanes": [], "trials": [],
     }
     try:
         for i in range(rounds):
@@ -342,7 +355,9 @@ def main(argv: list[str] | None = None) -> int:
     med = statistics.median
     search = med(results["search"])
     t_init = med(results["init"])
-    cold = med(results["cold"])
+    own = med(results["own"])
+    own_init = med(results["own_init"])
+    own_with_init = med([w + i for w, i in zip(results["own"], results["own_init"], strict=True)])
     with_init = med([w + i for w, i in zip(results["search"], results["init"], strict=True)])
     seq = med([sum(t.values()) for t in results["sequential"]])
     plain = med([sum(t.values()) for t in results["plain"]])
@@ -373,16 +388,22 @@ def main(argv: list[str] | None = None) -> int:
                 f"{search / seq:.3f}x",
             ],
             [
-                f"  the same + starting its Ray ({t_init:.1f} s)",
+                f"  the same + starting its Ray and fork server ({t_init:.1f} s)",
                 f"{with_init:.1f}",
                 f"{with_init / plain:.3f}x",
                 f"{with_init / seq:.3f}x",
             ],
             [
-                "  the same without warm workers",
-                f"{cold:.1f}",
-                f"{cold / plain:.3f}x",
-                f"{cold / seq:.3f}x",
+                "the same, trials in their own processes (warm workers)",
+                f"{own:.1f}",
+                f"{own / plain:.3f}x",
+                f"{own / seq:.3f}x",
+            ],
+            [
+                f"  the same + starting its Ray ({own_init:.1f} s)",
+                f"{own_with_init:.1f}",
+                f"{own_with_init / plain:.3f}x",
+                f"{own_with_init / seq:.3f}x",
             ],
             [f"plain loop, {n} in a row, no Ray", f"{plain:.1f}", "1.000x", f"{plain / seq:.3f}x"],
             [
@@ -429,7 +450,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(
         "  A trial's time is from its function's start (Tune's time_total_s): it leaves out\n"
-        "  the trial actor's start and the imports its warm worker did before. The amortized\n"
+        "  the trial actor's start; the first trials wait there for the fork server's imports.\n"
+        "  The amortized\n"
         "  lines count everything the search adds over 2 plain trainings side by side on\n"
         "  2 cores (its ideal wall: plain / 2); the target is checked on the first of them.\n"
         "  The two plain lanes are that ideal as this machine runs it: the same trainings,\n"
@@ -447,6 +469,17 @@ def main(argv: list[str] | None = None) -> int:
             ),
             verdict(
                 f"search, 2 at a time / plain loop, {n} in a row", search / plain, SEARCH_TARGET
+            ),
+            verdict(
+                "the same with Ray's and the fork server's start, per training (amortized)",
+                (2 * with_init - plain) / n,
+                TRIAL_OVERHEAD_TARGET_S,
+                " s",
+            ),
+            verdict(
+                "the same with Ray's and the fork server's start / plain loop",
+                with_init / plain,
+                SEARCH_TARGET,
             ),
         ],
         started,

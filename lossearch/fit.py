@@ -36,16 +36,13 @@ from typing import Any
 import torch
 
 from lossearch.config import TrainConfig
+from lossearch.errors import NonFiniteLoss
 from lossearch.metrics import summary_line
 from lossearch.steps import plan_steps
 
 Report = Callable[[dict[str, Any], "str | None"], None]
 """``report(metrics, checkpoint_dir)``: one call per epoch on every rank. ``checkpoint_dir``
 is a folder holding the epoch's checkpoint (rank 0; valid only during the call), else None."""
-
-
-class NonFiniteLoss(RuntimeError):
-    """The training loss became NaN or infinite."""
 
 
 # --------------------------------------------------------------------------- data order

@@ -164,13 +164,17 @@ def check_ray_address(address: str | None) -> None:
         ) from None
 
 
-def init_ray(address: str | None = None, num_cpus: int | None = None, warm: int = 0) -> None:
+def init_ray(
+    address: str | None = None, num_cpus: int | None = None, warm: int = 0, fork: bool = False
+) -> None:
     """Join ``address`` (or ``RAY_ADDRESS``), else start a local Ray; no-op when connected.
 
     Ray's own INFO/WARNING chatter (worker-group start-up, state-API polling without a
     dashboard) would drown the per-epoch progress lines: errors only, no dashboard. A local
     Ray started here has its first ``warm`` Python workers import what a trial imports
-    (:mod:`lossearch.warm`), and its environment is kept for :func:`local_ray_env`.
+    (:mod:`lossearch.warm`); with ``fork`` a fork server starts before it, for one-worker
+    trials to train in its children (:mod:`lossearch.fork_server`). Its environment is kept
+    for :func:`local_ray_env`.
     """
     import ray
 
@@ -196,6 +200,10 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, warm: int 
         from lossearch.warm import worker_env
 
         env = worker_env(warm)
+        if fork:
+            from lossearch import fork_server
+
+            env.update(fork_server.start())
         os.environ.update(env)  # the raylet, and through it each worker, inherits them
         try:
             ray.init(num_cpus=num_cpus, **kwargs)

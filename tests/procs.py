@@ -135,6 +135,11 @@ def _stat(pid: int) -> list[str] | None:
     return text[text.rindex(")") + 2 :].split()
 
 
+def parent_of(pid: int) -> int | None:
+    fields = _stat(pid)
+    return int(fields[1]) if fields else None
+
+
 def session_of(pid: int) -> int | None:
     fields = _stat(pid)
     return int(fields[3]) if fields else None

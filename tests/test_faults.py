@@ -35,6 +35,7 @@ import pickle
 import re
 import resource
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -157,6 +158,7 @@ def chaos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         seen["victim"] = victim
         seen["victim_in_session"] = procs.session_of(victim) == p.pid
         seen["victim_cmd"] = procs.cmdline(victim)
+        seen["victim_parent_cmd"] = procs.cmdline(procs.parent_of(victim) or 0)
         procs.kill_pids([victim])
 
         def after_restart() -> list[dict[str, Any]]:
@@ -191,7 +193,12 @@ def chaos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 @pytest.mark.slow
 def test_kills_landed_where_intended(chaos: dict[str, Any]) -> None:
     assert chaos["files_at_kill1"] == ["lossearch_search.yaml"]  # before anything ran
-    assert chaos["victim_in_session"] and "ImplicitFunc" in chaos["victim_cmd"]  # the trial
+    # the trial's training: a child the fork server forked for it (Linux), else the trial
+    assert chaos["victim_in_session"]
+    if sys.platform == "linux":
+        assert "lossearch.fork_server" in chaos["victim_parent_cmd"]
+    else:
+        assert "ImplicitFunc" in chaos["victim_cmd"]
     assert chaos["status_at_kill2"] != "TERMINATED"  # during the trial's reports
     assert chaos["last_epoch_at_kill2"] < EPOCHS
     assert chaos["final_rc"] == 0, (chaos["root"] / "driver4.log").read_text()[-3000:]

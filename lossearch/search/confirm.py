@@ -250,7 +250,7 @@ def confirm(
     """
     from lossearch.preflight import check_local_gpu, preflight, warn
     from lossearch.ray_train import check_ray_address
-    from lossearch.search.driver import _fit, check_counts, warm_workers
+    from lossearch.search.driver import _fit, check_counts, trial_processes
 
     check_counts(max_concurrent=max_concurrent, max_failures=max_failures)
     if not is_uri(exp):
@@ -298,7 +298,7 @@ def confirm(
             resume_hint=f"continue with: lossearch confirm {exp} --seeds {len(new.seeds)} "
             f"--top {new.top_k}",
             unit="confirm run",
-            warm=warm_workers(meta["base_config"], concurrent),
+            processes=trial_processes(meta["base_config"], concurrent),
         )
     missing = [r.id for r in new.runs if not file_exists(join_uri(runs_path, r.id), RESULT_FILE)]
     if missing:

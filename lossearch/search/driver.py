@@ -15,7 +15,7 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from lossearch.errors import LossearchError
 from lossearch.experiment import SEARCH_FILE, check_mode, default_mode, read_meta, write_meta
@@ -53,22 +53,41 @@ def local_ray_cpus() -> int:
     return (os.cpu_count() or 1) + 1
 
 
-def _local_ray(address: str | None, warm: int) -> None:
+def _local_ray(address: str | None, processes: TrialProcesses) -> None:
     from lossearch.ray_train import init_ray
 
-    init_ray(address, num_cpus=None if address else local_ray_cpus(), warm=warm)
+    init_ray(
+        address,
+        num_cpus=None if address else local_ray_cpus(),
+        warm=processes.warm,
+        fork=processes.fork,
+    )
 
 
-def warm_workers(config: dict[str, Any], max_concurrent: int) -> int:
-    """How many of a local Ray's first workers import torch and transformers at start-up
-    (:mod:`lossearch.warm`): one per concurrent trial that trains in its own process, at
-    most one per core (a local Ray starts one idle worker per core; the driver waits for
-    the warm ones to register)."""
+class TrialProcesses(NamedTuple):
+    """How a local Ray started for a search readies its trials' processes (ignored when
+    joining a cluster)."""
+
+    fork: bool
+    """Trials train in children of one fork server that imported first
+    (:mod:`lossearch.fork_server`)."""
+    warm: int
+    """Else this many of Ray's first workers import at start-up (:mod:`lossearch.warm`)."""
+
+
+def trial_processes(config: dict[str, Any], max_concurrent: int) -> TrialProcesses:
+    """One-worker CPU trials on Linux fork from a fork server
+    (:func:`lossearch.fork_server.wanted`); other one-worker trials get one warm worker per
+    concurrent trial, at most one per core (a local Ray starts one idle worker per core; the
+    driver waits for the warm ones to register); Ray Train trials neither."""
+    from lossearch.fork_server import wanted
     from lossearch.search.trial import in_trial_process
 
     if not in_trial_process(config):
-        return 0
-    return min(int(max_concurrent), os.cpu_count() or 1)
+        return TrialProcesses(fork=False, warm=0)
+    if wanted(True, bool(config["scaling"]["use_gpu"])):
+        return TrialProcesses(fork=True, warm=0)
+    return TrialProcesses(fork=False, warm=min(int(max_concurrent), os.cpu_count() or 1))
 
 
 def _experiment_exists(exp_path: str) -> bool:
@@ -249,7 +268,7 @@ def run_search(
         announce(f"experiment: {exp_path}")
     _fit(exp_path, address,
          lambda: _build_tuner(sp, meta, storage, name, exp_path, verbose, log_to),
-         warm=warm_workers(meta["base_config"], meta["max_concurrent"]))
+         processes=trial_processes(meta["base_config"], meta["max_concurrent"]))
     _apply_keep(exp_path, keep, announce)
     return exp_path
 
@@ -428,7 +447,7 @@ def resume(
         storage, name = _split_exp_path(exp_path)
         _fit(exp_path, address,
              lambda: _build_tuner(sp, meta, storage, name, exp_path, verbose),
-             warm=warm_workers(meta["base_config"], meta["max_concurrent"]))
+             processes=trial_processes(meta["base_config"], meta["max_concurrent"]))
         _apply_keep(exp_path, meta["keep"], announce)
         return exp_path
     from lossearch.search.progress import resume_view
@@ -445,7 +464,7 @@ def resume(
             resume_unfinished=True,
             resume_errored=False,
         ),
-        warm=warm_workers(meta["base_config"], meta["max_concurrent"]),
+        processes=trial_processes(meta["base_config"], meta["max_concurrent"]),
     )
     _apply_keep(exp_path, meta["keep"], announce)
     return exp_path
@@ -457,12 +476,12 @@ def _fit(
     make_tuner: Callable[[], Any],
     resume_hint: str | None = None,
     unit: str = "trial",
-    warm: int = 0,
+    processes: TrialProcesses = TrialProcesses(fork=False, warm=0),
 ) -> None:
     """Start Ray and run the tuner ``make_tuner()`` builds; a stop signal stops it gracefully.
 
-    A local Ray started here has ``warm`` workers import what a trial imports
-    (:func:`warm_workers`), and Tune's trial actors take Ray's idle workers
+    A local Ray started here readies its trials' processes as ``processes`` says
+    (:func:`trial_processes`), and Tune's trial actors take Ray's idle workers
     (:func:`lossearch.ray_internals.tune_trials_in_job_env`).
 
     With the ``lossearch`` command's signal handling (:func:`lossearch.interrupt.
@@ -486,7 +505,7 @@ def _fit(
         # Tune's own SIGINT handler would replace lossearch's; its SIGUSR1 one stays
         os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
     try:
-        _local_ray(address, warm)
+        _local_ray(address, processes)
         tuner = make_tuner()
         with graceful_stop(stop_tune) as stop, tune_trials_in_job_env(local_ray_env()):
             grid = tuner.fit()

@@ -17,6 +17,7 @@ becomes NaN or infinite ends in error (:class:`TrialDiverged`), not retried.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from typing import Any
@@ -95,11 +96,13 @@ def train_in_trial(
 
 
 def _fit_in_trial(cfg: TrainConfig, seeds: list[int], run: str, test: bool) -> None:
-    """:func:`lossearch.fit.fit` in this process, checkpoints in ``run``, reports to Tune."""
+    """:func:`lossearch.fit.fit` for this trial, checkpoints in ``run``, reports to Tune: in
+    a child of the local Ray's fork server where it has one (:mod:`lossearch.fork_server`,
+    this process then imports no torch), else in this process."""
     import ray
     from ray import tune
 
-    from lossearch.fit import NonFiniteLoss, fit_in_run
+    from lossearch.errors import NonFiniteLoss
 
     if storage.file_exists(run, DIVERGED):  # Tune retries a failed trial: not this one
         raise TrialDiverged(storage.read_text(run, DIVERGED))
@@ -108,11 +111,30 @@ def _fit_in_trial(cfg: TrainConfig, seeds: list[int], run: str, test: bool) -> N
         tune.report(metrics)
 
     tags = {"node_id": ray.get_runtime_context().get_node_id()}
+    kwargs = {"seeds": seeds, "test": test, "tags": tags, "echo": False}
     try:
-        fit_in_run(cfg, run, report, seeds=seeds, test=test, tags=tags, echo=False)
+        _fit_in_run(cfg, run, report, kwargs)
     except NonFiniteLoss as err:
         storage.write_text(run, DIVERGED, str(err))
         raise TrialDiverged(str(err)) from None
+
+
+def _fit_in_run(cfg: TrainConfig, run: str, report: Any, kwargs: dict[str, Any]) -> None:
+    """``fit_in_run`` through the fork server named in this process's environment, or here
+    where there is none (or it no longer answers)."""
+    import os
+
+    from lossearch.fork_server import ADDRESS_ENV, ForkServerGone, fit_in_run_forked
+
+    address = os.environ.get(ADDRESS_ENV, "0")
+    if address != "0" and not cfg.scaling.use_gpu:
+        try:
+            return fit_in_run_forked(address, cfg, run, report, **kwargs)
+        except ForkServerGone as err:
+            print(f"[lossearch] {err}; training in the trial process", file=sys.stderr)
+    from lossearch.fit import fit_in_run
+
+    fit_in_run(cfg, run, report, **kwargs)
 
 
 def _fit_with_ray_train(

@@ -1,0 +1,144 @@
+"""The fork server (``lossearch.fork_server``): real server process, real forks, real trainings.
+
+One server for the module (its imports cost ~5 s of CPU); each test sends it trainings of the
+tiny model through ``fit_in_run_forked``, as a search trial does, without Ray.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from lossearch import fork_server
+from lossearch.config import TrainConfig
+from lossearch.errors import NonFiniteLoss
+
+pytestmark = [
+    pytest.mark.skipif(sys.platform != "linux", reason="the fork server is Linux only"),
+    pytest.mark.xdist_group("fork_server"),
+]
+
+BASE = {
+    "task": {"name": "arith", "arith_train_size": 64, "val_size": 8},
+    "model": {"name_or_path": "tiny"},
+    "optim": {"epochs": 2, "batch_size": 16, "warmup_steps": 0},
+    "eval": {"max_new_tokens": 4},
+}
+
+
+def config(**optim: float) -> TrainConfig:
+    return TrainConfig.model_validate({**BASE, "optim": {**BASE["optim"], **optim}})
+
+
+@pytest.fixture(scope="module")
+def address():
+    env = fork_server.start()
+    yield env[fork_server.ADDRESS_ENV]
+    fork_server.stop()
+
+
+def gone(pid: int, within_s: float = 10.0) -> bool:
+    """Whether process ``pid`` has ended within ``within_s`` (gone, or a zombie: an orphan
+    waits there for a container's init to reap it)."""
+    deadline = time.monotonic() + within_s
+    while True:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+        except (FileNotFoundError, ProcessLookupError):
+            return True
+        if state == "Z":
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+
+
+def test_a_forked_training_reports_every_epoch_from_its_own_process(address, tmp_path, capfd):
+    reports = []
+    fork_server.fit_in_run_forked(
+        address, config(), str(tmp_path / "run"), lambda m, c: reports.append((m, c)),
+        seeds=[0], echo=True,
+    )
+    assert [m["epoch"] for m, _ in reports] == [1, 2]
+    assert all(c is None for _, c in reports)  # the checkpoint is already in the run
+    pids = {m["worker_pid"] for m, _ in reports}
+    assert len(pids) == 1 and int(pids.pop()) != os.getpid()
+    assert sorted(p.name for p in (tmp_path / "run").glob("checkpoint_*")) == [
+        "checkpoint_000001", "checkpoint_000002"]
+    assert "[lossearch] epoch 2/2" in capfd.readouterr().out  # the child wrote to our stdout
+    assert gone(int(reports[0][0]["worker_pid"]))
+
+
+def test_it_resumes_from_the_runs_last_checkpoint(address, tmp_path):
+    run = str(tmp_path / "run")
+    fork_server.fit_in_run_forked(address, config(epochs=1), run, lambda m, c: None, seeds=[0])
+    epochs = []
+    fork_server.fit_in_run_forked(
+        address, config(epochs=2), run, lambda m, c: epochs.append(m["epoch"]), seeds=[0])
+    assert epochs == [2]
+
+
+def test_leaving_at_a_report_kills_the_child(address, tmp_path):
+    class Stop(Exception):
+        pass
+
+    seen = []
+
+    def report(metrics, checkpoint_dir):
+        seen.append(int(metrics["worker_pid"]))
+        raise Stop
+
+    with pytest.raises(Stop):
+        fork_server.fit_in_run_forked(address, config(epochs=3), str(tmp_path / "run"), report)
+    assert len(seen) == 1 and gone(seen[0])
+    assert len(list((tmp_path / "run").glob("checkpoint_*"))) == 1  # it trained no further
+
+
+def test_the_childs_error_is_raised_with_its_type_and_traceback(address, tmp_path):
+    with pytest.raises(NonFiniteLoss) as err:
+        fork_server.fit_in_run_forked(address, config(lr=1e6), str(tmp_path / "run"),
+                                      lambda m, c: None)
+    assert any("in the training process" in note for note in err.value.__notes__)
+    assert "lossearch/fit.py" in err.value.__notes__[-1]
+
+
+def test_a_killed_child_is_an_error_not_a_hang(address, tmp_path):
+    def report(metrics, checkpoint_dir):
+        os.kill(int(metrics["worker_pid"]), 9)
+
+    with pytest.raises(RuntimeError, match="ended without a result"):
+        fork_server.fit_in_run_forked(address, config(), str(tmp_path / "run"), report)
+
+
+def test_no_server_is_named_as_such(tmp_path):
+    with pytest.raises(fork_server.ForkServerGone, match="fork server at"):
+        fork_server.fit_in_run_forked(str(tmp_path / "nothing"), config(), str(tmp_path / "r"),
+                                      lambda m, c: None)
+
+
+def test_the_server_ends_with_its_starter_and_kills_its_children(tmp_path):
+    """A starter process killed mid-training (SIGKILL: no atexit) takes its server and the
+    server's child with it."""
+    script = (
+        "import sys, time\n"
+        "from lossearch import fork_server\n"
+        "from lossearch.config import TrainConfig\n"
+        "addr = fork_server.start()[fork_server.ADDRESS_ENV]\n"
+        "print(fork_server._SERVER['proc'].pid, flush=True)\n"
+        f"cfg = TrainConfig.model_validate({BASE!r} | {{'optim': {{'epochs': 50}}}})\n"
+        "def report(m, c):\n"
+        "    print(m['worker_pid'], flush=True); time.sleep(60)\n"
+        f"fork_server.fit_in_run_forked(addr, cfg, {str(tmp_path / 'run')!r}, report, echo=False)\n"
+    )
+    p = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    server = int(p.stdout.readline())
+    child = int(p.stdout.readline())  # at its first report, waiting for the ack
+    assert not gone(server, 0.1) and not gone(child, 0.1)
+    p.kill()
+    p.wait()
+    assert gone(server) and gone(child)
