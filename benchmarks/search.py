@@ -176,7 +176,7 @@ def run_search_timed(
 
     processes = trial_processes(space["base"], space["search"]["max_concurrent"])
     if not fork:
-        processes = processes._replace(fork=False, warm=2)
+        processes = processes._replace(fork=0, warm=2)
     t0 = time.time()
     init_ray(None, num_cpus=local_ray_cpus(), warm=processes.warm, fork=processes.fork)
     t1 = time.time()

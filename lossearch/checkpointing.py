@@ -14,7 +14,9 @@ A run trained without Ray Train (a single-worker search trial, see
 run directory: ``<run>/checkpoint_<epoch:06d>/`` folders, of which :func:`save_to_run`
 keeps the newest two, and ``<run>/latest_checkpoint.json`` naming the one to resume from
 (written after the folder is complete, so a run killed mid-copy resumes from the previous).
-The run folder is a local path or a URI (:mod:`lossearch.storage`).
+The run folder is a local path or a URI (:mod:`lossearch.storage`). Finding and reading
+checkpoints imports no torch (a search trial whose training ran in a fork server's child
+reads them; :mod:`lossearch.fork_server`); writing and restoring one does.
 """
 
 from __future__ import annotations
@@ -25,11 +27,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from lossearch import storage
 
 POINTER = "latest_checkpoint.json"
+
+
+def record_name(seed: int) -> str:
+    """File name of one seed's per-question test record (JSON lines) in a run's checkpoint."""
+    return f"test_predictions.seed{seed}.jsonl"
 
 
 def write_checkpoint(
@@ -39,6 +44,8 @@ def write_checkpoint(
     replicas: list[Any],
 ) -> None:
     """Write ``replicas`` (objects with seed, model, tokenizer, optimizer, scheduler)."""
+    import torch
+
     from lossearch.models import save_model, unwrap
 
     root = Path(directory)
@@ -69,6 +76,8 @@ def restore_replica(directory: str | Path, rep: Any) -> None:
 
     The GradScaler state is restored when both the checkpoint and ``rep`` have one.
     """
+    import torch
+
     from lossearch.models import load_weights, unwrap
 
     sub = Path(directory) / f"seed{rep.seed}"

@@ -35,6 +35,7 @@ from typing import Any
 
 import torch
 
+from lossearch.checkpointing import record_name
 from lossearch.config import TrainConfig
 from lossearch.errors import NonFiniteLoss
 from lossearch.metrics import summary_line
@@ -278,11 +279,6 @@ def evaluate_test(
     ]
     means = {f"test/{k}": sum(sc[k] for sc in scores) / len(scores) for k in scores[0]}
     return means, rows
-
-
-def record_name(seed: int) -> str:
-    """File name of one seed's per-question test record (JSON lines) in a run's checkpoint."""
-    return f"test_predictions.seed{seed}.jsonl"
 
 
 def mean_over_seeds(per_seed: dict[int, dict[str, float]]) -> dict[str, float]:

@@ -165,15 +165,16 @@ def check_ray_address(address: str | None) -> None:
 
 
 def init_ray(
-    address: str | None = None, num_cpus: int | None = None, warm: int = 0, fork: bool = False
+    address: str | None = None, num_cpus: int | None = None, warm: int = 0, fork: int = 0
 ) -> None:
     """Join ``address`` (or ``RAY_ADDRESS``), else start a local Ray; no-op when connected.
 
     Ray's own INFO/WARNING chatter (worker-group start-up, state-API polling without a
     dashboard) would drown the per-epoch progress lines: errors only, no dashboard. A local
     Ray started here has its first ``warm`` Python workers import what a trial imports
-    (:mod:`lossearch.warm`); with ``fork`` a fork server starts before it, for one-worker
-    trials to train in its children (:mod:`lossearch.fork_server`). Its environment is kept
+    (:mod:`lossearch.warm`); with ``fork`` (a trial's CPUs, 0 for none) a fork server
+    starts before it, for one-worker trials to train in its children
+    (:mod:`lossearch.fork_server`). Its environment is kept
     for :func:`local_ray_env`.
     """
     import ray
@@ -203,7 +204,7 @@ def init_ray(
         if fork:
             from lossearch import fork_server
 
-            env.update(fork_server.start())
+            env.update(fork_server.start(fork))
         os.environ.update(env)  # the raylet, and through it each worker, inherits them
         try:
             ray.init(num_cpus=num_cpus, **kwargs)

@@ -142,3 +142,42 @@ def test_the_server_ends_with_its_starter_and_kills_its_children(tmp_path):
     p.kill()
     p.wait()
     assert gone(server) and gone(child)
+
+
+def test_a_trial_that_trains_in_a_child_imports_no_torch(tmp_path):
+    """The trial process's side (``trial._fit_in_run`` through the server, then reading the
+    run's final checkpoint as a confirm run does) leaves torch unimported: what the server
+    is for."""
+    script = (
+        "import os, sys\n"
+        "from lossearch import fork_server\n"
+        "from lossearch.config import TrainConfig\n"
+        "from lossearch.search import trial\n"
+        "from lossearch.checkpointing import read_state\n"
+        "os.environ.update(fork_server.start())\n"
+        f"cfg = TrainConfig.model_validate({BASE!r})\n"
+        f"run = {str(tmp_path / 'run')!r}\n"
+        "trial._fit_in_run(cfg, run, lambda m, c: None, {'seeds': [0], 'echo': False})\n"
+        "with trial._latest_in_run(run) as ckpt:\n"
+        "    print(read_state(ckpt)[0]['epoch'], 'torch' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert out == ["2", "False"]
+
+
+@pytest.mark.parametrize("user_value", [None, "2"])
+def test_the_servers_openmp_threads_are_the_trials_cpus_unless_the_user_set_them(
+    monkeypatch, user_value
+):
+    if user_value is None:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    else:
+        monkeypatch.setenv("OMP_NUM_THREADS", user_value)
+    fork_server.start(threads=3)
+    try:
+        pid = fork_server._SERVER["proc"].pid
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    finally:
+        fork_server.stop()
+    assert f"OMP_NUM_THREADS={user_value or 3}".encode() in environ

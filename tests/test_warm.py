@@ -147,20 +147,24 @@ def test_one_warm_worker_per_concurrent_in_process_trial_at_most_one_per_core(mo
     """Where trials do not fork from a fork server (GPU trials, or LOSSEARCH_FORK_SERVER=0)."""
     from lossearch.search.driver import TrialProcesses, trial_processes
 
-    one, two = ({"scaling": {"num_workers": n, "use_gpu": False}} for n in (1, 2))
+    one, two = (
+        {"scaling": {"num_workers": n, "use_gpu": False, "cpus_per_worker": 1}} for n in (1, 2)
+    )
     gpu = {"scaling": {"num_workers": 1, "use_gpu": True}}
-    assert trial_processes(gpu, 1) == TrialProcesses(fork=False, warm=1)
+    assert trial_processes(gpu, 1) == TrialProcesses(fork=0, warm=1)
     # Ray starts one idle worker per core
-    assert trial_processes(gpu, 10_000) == TrialProcesses(fork=False, warm=os.cpu_count())
+    assert trial_processes(gpu, 10_000) == TrialProcesses(fork=0, warm=os.cpu_count())
     # a Ray Train run's trial only waits on its workers
-    assert trial_processes(two, 2) == TrialProcesses(fork=False, warm=0)
+    assert trial_processes(two, 2) == TrialProcesses(fork=0, warm=0)
     monkeypatch.setenv("LOSSEARCH_FORK_SERVER", "0")
-    assert trial_processes(one, 1) == TrialProcesses(fork=False, warm=1)
+    assert trial_processes(one, 1) == TrialProcesses(fork=0, warm=1)
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="the fork server is Linux only")
 def test_one_worker_cpu_trials_fork_from_the_fork_server_instead():
     from lossearch.search.driver import TrialProcesses, trial_processes
 
-    one = {"scaling": {"num_workers": 1, "use_gpu": False}}
-    assert trial_processes(one, 2) == TrialProcesses(fork=True, warm=0)
+    one = {"scaling": {"num_workers": 1, "use_gpu": False, "cpus_per_worker": 0.99}}
+    assert trial_processes(one, 2) == TrialProcesses(fork=1, warm=0)  # 1 OpenMP thread
+    one["scaling"]["cpus_per_worker"] = 4
+    assert trial_processes(one, 2) == TrialProcesses(fork=4, warm=0)

@@ -161,9 +161,8 @@ def run_confirm_trial(
     max_failures: int,
 ) -> None:
     """Tune function trainable: one confirm run, then its ``result.json`` and test records."""
-    from lossearch.checkpointing import read_state
+    from lossearch.checkpointing import read_state, record_name
     from lossearch.config import validate
-    from lossearch.fit import record_name
     from lossearch.search.trial import train_in_trial
 
     run = PlannedRun.model_validate(runs[config["run"]])

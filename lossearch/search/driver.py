@@ -68,9 +68,10 @@ class TrialProcesses(NamedTuple):
     """How a local Ray started for a search readies its trials' processes (ignored when
     joining a cluster)."""
 
-    fork: bool
+    fork: int
     """Trials train in children of one fork server that imported first
-    (:mod:`lossearch.fork_server`)."""
+    (:mod:`lossearch.fork_server`), each with this many CPUs (its OpenMP threads); 0: no
+    fork server."""
     warm: int
     """Else this many of Ray's first workers import at start-up (:mod:`lossearch.warm`)."""
 
@@ -84,10 +85,11 @@ def trial_processes(config: dict[str, Any], max_concurrent: int) -> TrialProcess
     from lossearch.search.trial import in_trial_process
 
     if not in_trial_process(config):
-        return TrialProcesses(fork=False, warm=0)
-    if wanted(True, bool(config["scaling"]["use_gpu"])):
-        return TrialProcesses(fork=True, warm=0)
-    return TrialProcesses(fork=False, warm=min(int(max_concurrent), os.cpu_count() or 1))
+        return TrialProcesses(fork=0, warm=0)
+    scaling = config["scaling"]
+    if wanted(True, bool(scaling["use_gpu"])):
+        return TrialProcesses(fork=max(1, int(scaling["cpus_per_worker"])), warm=0)
+    return TrialProcesses(fork=0, warm=min(int(max_concurrent), os.cpu_count() or 1))
 
 
 def _experiment_exists(exp_path: str) -> bool:
@@ -476,7 +478,7 @@ def _fit(
     make_tuner: Callable[[], Any],
     resume_hint: str | None = None,
     unit: str = "trial",
-    processes: TrialProcesses = TrialProcesses(fork=False, warm=0),
+    processes: TrialProcesses = TrialProcesses(fork=0, warm=0),
 ) -> None:
     """Start Ray and run the tuner ``make_tuner()`` builds; a stop signal stops it gracefully.
 

@@ -89,10 +89,16 @@ def train_in_trial(
     if in_trial_process(cfg.to_dict()):
         run = storage.join_uri(runs_path, name)
         _fit_in_trial(cfg, seeds, run, test)
-        from lossearch.checkpointing import latest_in_run
-
-        return lambda: latest_in_run(run)
+        return lambda: _latest_in_run(run)
     return _fit_with_ray_train(cfg, seeds, runs_path, name, max_failures, test)
+
+
+def _latest_in_run(run: str) -> AbstractContextManager[Any]:
+    """The run's latest checkpoint as a local folder; imported only when opened (the
+    module imports torch, which a trial that trained in a fork server's child has not)."""
+    from lossearch.checkpointing import latest_in_run
+
+    return latest_in_run(run)
 
 
 def _fit_in_trial(cfg: TrainConfig, seeds: list[int], run: str, test: bool) -> None:
