@@ -129,19 +129,29 @@ def test_the_server_ends_with_its_starter_and_kills_its_children(tmp_path):
         "from lossearch import fork_server\n"
         "from lossearch.config import TrainConfig\n"
         "addr = fork_server.start()[fork_server.ADDRESS_ENV]\n"
-        "print(fork_server._SERVER['proc'].pid, flush=True)\n"
+        "print(fork_server._SERVER['proc'].pid, addr, flush=True)\n"
         f"cfg = TrainConfig.model_validate({BASE!r} | {{'optim': {{'epochs': 50}}}})\n"
         "def report(m, c):\n"
         "    print(m['worker_pid'], flush=True); time.sleep(60)\n"
         f"fork_server.fit_in_run_forked(addr, cfg, {str(tmp_path / 'run')!r}, report, echo=False)\n"
     )
     p = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
-    server = int(p.stdout.readline())
+    server, address = p.stdout.readline().split()
     child = int(p.stdout.readline())  # at its first report, waiting for the ack
-    assert not gone(server, 0.1) and not gone(child, 0.1)
+    assert not gone(int(server), 0.1) and not gone(child, 0.1)
     p.kill()
     p.wait()
-    assert gone(server) and gone(child)
+    assert gone(int(server)) and gone(child)
+    assert not Path(address).parent.exists()  # the server removed its folder
+
+
+def test_a_server_that_cannot_start_is_named_and_trials_train_in_their_own_process(
+    monkeypatch, capsys
+):
+    monkeypatch.setattr(sys, "executable", "/bin/false")  # a Python that exits at once
+    assert fork_server.start() == {}
+    assert "fork server ended at start (exit code 1)" in capsys.readouterr().err
+    assert not fork_server._SERVER
 
 
 def test_a_trial_that_trains_in_a_child_imports_no_torch(tmp_path):

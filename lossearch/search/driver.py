@@ -87,7 +87,7 @@ def trial_processes(config: dict[str, Any], max_concurrent: int) -> TrialProcess
     if not in_trial_process(config):
         return TrialProcesses(fork=0, warm=0)
     scaling = config["scaling"]
-    if wanted(True, bool(scaling["use_gpu"])):
+    if wanted(bool(scaling["use_gpu"])):
         return TrialProcesses(fork=max(1, int(scaling["cpus_per_worker"])), warm=0)
     return TrialProcesses(fork=0, warm=min(int(max_concurrent), os.cpu_count() or 1))
 
