@@ -163,12 +163,12 @@ def test_a_trial_that_trains_in_a_child_imports_no_torch(tmp_path):
         "from lossearch import fork_server\n"
         "from lossearch.config import TrainConfig\n"
         "from lossearch.search import trial\n"
-        "from lossearch.checkpointing import read_state\n"
+        "from lossearch.checkpointing import latest_in_run, read_state\n"
         "os.environ.update(fork_server.start())\n"
         f"cfg = TrainConfig.model_validate({BASE!r})\n"
         f"run = {str(tmp_path / 'run')!r}\n"
         "trial._fit_in_run(cfg, run, lambda m, c: None, {'seeds': [0], 'echo': False})\n"
-        "with trial._latest_in_run(run) as ckpt:\n"
+        "with latest_in_run(run) as ckpt:\n"
         "    print(read_state(ckpt)[0]['epoch'], 'torch' in sys.modules)\n"
     )
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,

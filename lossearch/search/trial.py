@@ -1,8 +1,11 @@
 """One search trial: the Ray Tune function trainable that trains a sampled configuration.
 
 A trial with one worker (``scaling.num_workers == 1``, every built-in space) runs
-:func:`lossearch.fit.fit` in the Tune trial's own process, which holds the worker's CPUs
-(and GPU) and is reused by the next trial (``reuse_actors``), its imports already done. Ray's
+:func:`lossearch.fit.fit` for the Tune trial's own process, which holds the worker's CPUs
+(and GPU) and is reused by the next trial (``reuse_actors``): in a child forked for it from
+the local Ray's fork server where the search started one (CPU trials on Linux,
+:mod:`lossearch.fork_server`; the trial process relays the reports and imports no torch),
+else in the trial process itself, its imports done once for all its trials. Ray's
 docs keep Ray Train for trials that need several workers; a one-worker Train run would add a
 controller and a worker process per trial, each importing torch and transformers (about
 17 s a trial on 2 cores, issue 16). A trial with several workers runs a Ray Train run
@@ -89,16 +92,10 @@ def train_in_trial(
     if in_trial_process(cfg.to_dict()):
         run = storage.join_uri(runs_path, name)
         _fit_in_trial(cfg, seeds, run, test)
-        return lambda: _latest_in_run(run)
+        from lossearch.checkpointing import latest_in_run  # no torch: reading only
+
+        return lambda: latest_in_run(run)
     return _fit_with_ray_train(cfg, seeds, runs_path, name, max_failures, test)
-
-
-def _latest_in_run(run: str) -> AbstractContextManager[Any]:
-    """The run's latest checkpoint as a local folder; imported only when opened (the
-    module imports torch, which a trial that trained in a fork server's child has not)."""
-    from lossearch.checkpointing import latest_in_run
-
-    return latest_in_run(run)
 
 
 def _fit_in_trial(cfg: TrainConfig, seeds: list[int], run: str, test: bool) -> None:
