@@ -47,7 +47,11 @@ import traceback
 from multiprocessing.connection import Connection
 from multiprocessing.reduction import recv_handle, send_handle
 from queue import SimpleQueue
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from lossearch.config import TrainConfig
+    from lossearch.fit import Report
 
 ADDRESS_ENV = "LOSSEARCH_FORK_SERVER"
 """The server's socket path, in the environment of a local Ray's workers. Set to ``0`` by a
@@ -253,11 +257,7 @@ class ForkServerGone(RuntimeError):
 
 
 def fit_in_run_forked(
-    address: str,
-    cfg: Any,
-    run: str,
-    report: Any,
-    **fit_kwargs: Any,
+    address: str, cfg: TrainConfig, run: str, report: Report, **fit_kwargs: Any
 ) -> None:
     """:func:`lossearch.fit.fit_in_run` in a child of the fork server at ``address``, with the
     same contract: each epoch's ``report(metrics, None)`` is called here (the checkpoint is
