@@ -168,3 +168,20 @@ def test_search_into_the_bucket_refuses_to_end_on_a_users_best_yaml(
     assert "best-fresh.yaml exists and is not a lossearch export" in procs.error_line(done)
     assert mine.read_text() == "# my notes\nlr: 1\n"
     assert s3_files(s3fs(moto_s3["port"]), f"{BUCKET}/refused") == {}
+
+
+def test_resume_from_the_bucket_refuses_a_users_best_yaml_before_it_starts(
+    cluster_s3_search: dict, moto_s3: dict, tmp_path: Path
+) -> None:
+    """``lossearch resume`` of an ``s3://`` search checks ``./best-<name>.yaml`` as the search's
+    own start does: named in one line before anything runs, the user's file kept."""
+    fs, prefix = s3fs(moto_s3["port"]), cluster_s3_search["prefix"]
+    mine = tmp_path / f"best-{EXP_NAME}.yaml"
+    mine.write_text("# my notes\nlr: 1\n")
+    before = s3_files(fs, prefix)
+    done = procs.run_cli(["resume", cluster_s3_search["uri"]], cwd=tmp_path,
+                         env=cluster_s3_search["env"])
+    assert done.returncode == 2
+    assert f"best-{EXP_NAME}.yaml exists and is not a lossearch export" in procs.error_line(done)
+    assert mine.read_text() == "# my notes\nlr: 1\n"
+    assert s3_files(fs, prefix) == before

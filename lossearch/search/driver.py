@@ -92,6 +92,17 @@ def trial_processes(config: dict[str, Any], max_concurrent: int) -> TrialProcess
     return TrialProcesses(fork=0, warm=min(int(max_concurrent), os.cpu_count() or 1))
 
 
+def _check_best_config_target(exp_path: str) -> None:
+    """A search in a bucket writes its best config to ``./best-<name>.yaml`` when it ends
+    (:func:`lossearch.search.report.best_config_path`): a user's own file there is refused
+    before the search, or its resume, starts."""
+    if is_uri(exp_path):
+        from lossearch.search.export import check_replaceable
+        from lossearch.search.report import best_config_path
+
+        check_replaceable(best_config_path(exp_path))
+
+
 def _experiment_exists(exp_path: str) -> bool:
     """Something is already at ``exp_path`` (a non-empty folder, a file, objects under a URI)."""
     if not is_uri(exp_path):
@@ -209,11 +220,7 @@ def run_search(
         raise LossearchError(
             f"experiment already exists: {exp_path} (use `lossearch resume` or another --name)"
         )
-    if is_uri(exp_path):  # its best config goes to ./best-<name>.yaml: not a user's own file
-        from lossearch.search.export import check_replaceable
-        from lossearch.search.report import best_config_path
-
-        check_replaceable(best_config_path(exp_path))
+    _check_best_config_target(exp_path)
     from lossearch.search import study
 
     if optuna_storage:
@@ -433,6 +440,7 @@ def resume(
         if not Path(exp_path).is_dir():
             raise LossearchError(f"experiment directory not found: {exp_path}")
     meta = read_meta(exp_path)
+    _check_best_config_target(exp_path)
     if not tune.Tuner.can_restore(exp_path):  # a storage check: no Ray needed yet
         # The driver died in the seconds between writing lossearch_search.yaml and Tune's
         # first saved state: no trial had started, so the search starts over.
