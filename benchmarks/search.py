@@ -171,12 +171,20 @@ def run_search_timed(
     import ray
 
     from lossearch import fork_server
+    from lossearch.fork_server import ADDRESS_ENV
     from lossearch.ray_train import init_ray
     from lossearch.search.driver import local_ray_cpus, run_search, trial_processes
 
-    processes = trial_processes(space["base"], space["search"]["max_concurrent"])
-    if not fork:
-        processes = processes._replace(fork=0, warm=2)
+    user = os.environ.get(ADDRESS_ENV)
+    if not fork:  # what LOSSEARCH_FORK_SERVER=0 gives
+        os.environ[ADDRESS_ENV] = "0"
+    try:
+        processes = trial_processes(space["base"], space["search"]["max_concurrent"])
+    finally:
+        if user is None:
+            os.environ.pop(ADDRESS_ENV, None)
+        else:
+            os.environ[ADDRESS_ENV] = user
     t0 = time.time()
     init_ray(None, num_cpus=local_ray_cpus(), warm=processes.warm, fork=processes.fork)
     t1 = time.time()

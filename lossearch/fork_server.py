@@ -118,12 +118,16 @@ def start(threads: int = 1) -> dict[str, str]:
 
 @atexit.register
 def stop() -> None:
-    """End the server this process started, if any (its children are killed with it)."""
+    """End the server this process started, if any (its children are killed with it).
+
+    A server in its loop ends within moments of its stdin closing; one that has not is still
+    importing (it forks nothing before that) and is killed rather than waited for: a driver
+    that fails early does not sit out the server's imports."""
     proc, folder = _SERVER.pop("proc", None), _SERVER.pop("folder", None)
     if proc is not None:
         proc.stdin.close()
         try:
-            proc.wait(timeout=10)
+            proc.wait(timeout=2)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
