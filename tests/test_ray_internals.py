@@ -261,3 +261,33 @@ def test_tune_trial_actors_drop_tunes_runtime_env_only_where_the_job_has_its_val
     assert other["env_vars"]["RAY_TRAIN_V2_ENABLED"] == "1"
     assert runtime_env(None)["env_vars"]["PL_DISABLE_FORK"] == "1"  # not lossearch's Ray
     assert _ActorClassCache.get.__module__.startswith("ray.")  # restored on leaving
+
+
+def test_tunes_callback_usage_tag_imports_mlflow_only_where_a_callback_could_be_its():
+    """Ray still tags callbacks through the function lossearch swaps, importing MLflow to do
+    it; within the swap, a fresh driver (no MLflow imported) tags without importing it, and
+    one that has imported Ray's MLflow integration gets Ray's own tag."""
+    import subprocess
+    import sys
+
+    from lossearch.ray_internals import MLFLOW_INTEGRATION
+
+    assert "air_usage.tag_callbacks(callbacks)" in _ray_source("tune", "tune.py")
+    assert f"from {MLFLOW_INTEGRATION} import" in _ray_source("air", "_internal", "usage.py")
+    probe = (
+        "import sys\n"
+        "from ray import tune\n"
+        "from ray.air._internal import usage\n"
+        "from lossearch.ray_internals import callback_usage_without_mlflow\n"
+        "class Mine(tune.Callback): pass\n"
+        "with callback_usage_without_mlflow():\n"
+        "    skipped = usage.tag_callbacks([Mine()])\n"
+        "    print(skipped, 'mlflow' in sys.modules)\n"
+        "    import ray.air.integrations.mlflow\n"
+        "    print(usage.tag_callbacks([Mine()]) is not False)\n"
+        "print(usage.tag_callbacks.__module__)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True
+    ).stdout.split("\n")
+    assert out[:3] == ["False False", "True", "ray.air._internal.usage"]

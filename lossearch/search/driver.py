@@ -506,7 +506,11 @@ def _fit(
         graceful_stop,
         interrupted,
     )
-    from lossearch.ray_internals import stop_tune, tune_trials_in_job_env
+    from lossearch.ray_internals import (
+        callback_usage_without_mlflow,
+        stop_tune,
+        tune_trials_in_job_env,
+    )
     from lossearch.ray_train import local_ray_env
 
     resume_hint = resume_hint or f"resume with: lossearch resume {exp_path}"
@@ -517,7 +521,11 @@ def _fit(
     try:
         _local_ray(address, processes)
         tuner = make_tuner()
-        with graceful_stop(stop_tune) as stop, tune_trials_in_job_env(local_ray_env()):
+        with (
+            graceful_stop(stop_tune) as stop,
+            tune_trials_in_job_env(local_ray_env()),
+            callback_usage_without_mlflow(),
+        ):
             grid = tuner.fit()
     except KeyboardInterrupt:  # before Tune listens, or a second signal
         raise interrupted(resume_hint) from None
