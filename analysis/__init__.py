@@ -18,6 +18,7 @@ from analysis.expected_max import expected_max, expected_max_curve
 from analysis.importance import parameter_importance
 from analysis.load import PartialExperimentWarning, load_history, load_trials, metric_mode
 from analysis.rank import best_configurations, configurations, rank_losses
+from analysis.tables import markdown_table
 from analysis.verdict import format_delta, verdict, write_verdict
 from lossearch.lazy import lazy_exports
 
@@ -29,7 +30,6 @@ _LAZY = {
     "plot_metric_vs_lr": "plots",
     "plot_optimization_history": "plots",
     "Analysis": "report",
-    "markdown_table": "report",
     "run_analysis": "report",
 }
 

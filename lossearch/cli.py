@@ -297,7 +297,8 @@ def analyze(
     fmt: str = typer.Option("table", "--format", help="table (rich) or json (stdout only)."),
 ) -> None:
     """Rank loss families against CE, plot, and write trials.parquet, rankings.csv, report.md."""
-    from analysis.report import rankings_json, rankings_table, run_analysis
+    from analysis.report import run_analysis
+    from analysis.tables import rankings_json, rankings_table
 
     if fmt not in ("table", "json"):
         raise LossearchError(f"--format must be table or json, got '{fmt}'")
@@ -309,7 +310,7 @@ def analyze(
         return
     from rich.console import Console
 
-    from analysis.report import expected_max_table
+    from analysis.tables import expected_max_table
 
     console = Console()
     console.print(rankings_table(result.rankings, result.metric))

@@ -23,7 +23,8 @@ from analysis import (
     rank_losses,
 )
 from analysis.rank import RankingWarning, best_configurations, counted_rows, welch_interval
-from analysis.report import Analysis, format_ranking_delta, rankings_table, render_report
+from analysis.report import Analysis, render_report
+from analysis.tables import format_ranking_delta, rankings_table
 from analysis.tune_files import first_error_line
 from lossearch.errors import LossearchError
 

@@ -256,6 +256,25 @@ def test_a_search_whose_every_trial_failed_ends_saying_why(
     assert not (exp_copy / "best.yaml").exists()
 
 
+def test_the_end_of_a_search_prints_its_ranking_without_matplotlib(exp_copy: Path) -> None:
+    """``finish_search`` (the end of every ``lossearch search``) ranks and exports from a
+    real experiment in a fresh process that never loads matplotlib (0.4 s of imports the
+    ranking table does not need; it loads with ``lossearch analyze``). SciPy loads here
+    only because these trials have several seeds: the table's intervals need it."""
+    probe = (
+        "import sys\n"
+        "from lossearch.search.report import finish_search\n"
+        f"finish_search({str(exp_copy)!r})\n"
+        "print('matplotlib' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                          cwd=exp_copy, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "Loss families ranked by exact_match (max; validation, 2 seeds)" in done.stdout
+    assert (exp_copy / "best.yaml").is_file()
+    assert done.stdout.strip().splitlines()[-1] == "False"
+
+
 def test_still_running_experiment_loads_with_warning(trials: pd.DataFrame, exp_copy: Path) -> None:
     state_path = _state_file(exp_copy)
     state = json.loads(state_path.read_text())

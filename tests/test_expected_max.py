@@ -14,7 +14,7 @@ import pytest
 from analysis import expected_max, expected_max_curve, plot_expected_max
 from analysis.expected_max import CURVE_COLUMNS, summarize_expected_max, trial_values
 from analysis.rank import RankingWarning
-from analysis.report import expected_max_table
+from analysis.tables import expected_max_table
 from lossearch.errors import LossearchError
 
 sys.path.insert(0, str(Path(__file__).parent))

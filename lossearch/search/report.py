@@ -27,7 +27,7 @@ def best_config_path(exp: str) -> Path:
 def finish_search(exp: str) -> Path:
     """Print the per-loss-family ranking table and export the best config; return its path.
 
-    The table (:func:`analysis.report.rankings_table`) ranks only finished trials at the full
+    The table (:func:`analysis.tables.rankings_table`) ranks only finished trials at the full
     epoch budget on the search metric (a validation score), titled with the number of seeds;
     the difference to CE is printed only with its 95% interval (``n/a (1 seed)`` without
     one). What the ranking left out (pruned, errored, shorter trials) is the table's caption.
@@ -36,7 +36,7 @@ def finish_search(exp: str) -> Path:
 
     from analysis import load_trials, rank_losses
     from analysis.rank import RankingWarning
-    from analysis.report import rankings_table
+    from analysis.tables import rankings_table
     from lossearch.search.export import export_best
 
     meta = read_meta(exp)
