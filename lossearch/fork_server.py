@@ -69,6 +69,12 @@ PRELOAD = (
 """What the server imports before its first fork: everything a training imports (a child
 that imports it again pays it again, every trial)."""
 
+SOCKET = "socket"
+"""The server's socket, in its folder."""
+
+READY = "ready"
+"""A file the server creates in its folder once it has imported :data:`PRELOAD`."""
+
 _SERVER: dict[str, Any] = {}  # the server this process started: its Popen and folder
 
 
@@ -94,7 +100,7 @@ def start(threads: int = 1) -> dict[str, str]:
     line on stderr, and ``{}`` returned: the trials then train in their own processes."""
     stop()
     folder = tempfile.mkdtemp(prefix="lossearch-fork-")  # mode 0700: this user only
-    address = os.path.join(folder, "socket")
+    address = os.path.join(folder, SOCKET)
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS") or str(threads)}
     proc = subprocess.Popen(
         [sys.executable, "-m", "lossearch.fork_server", address],
@@ -120,11 +126,13 @@ def start(threads: int = 1) -> dict[str, str]:
 def stop() -> None:
     """End the server this process started, if any (its children are killed with it).
 
-    A server in its loop ends within moments of its stdin closing; one that has not is still
-    importing (it forks nothing before that) and is killed rather than waited for: a driver
-    that fails early does not sit out the server's imports."""
+    A server still importing (no :data:`READY` file: it has forked nothing) is killed at
+    once, so a driver that fails early does not sit out its imports; one in its loop ends
+    within moments of its stdin closing (else it is killed after 2 s)."""
     proc, folder = _SERVER.pop("proc", None), _SERVER.pop("folder", None)
     if proc is not None:
+        if folder is None or not os.path.exists(os.path.join(folder, READY)):
+            proc.kill()
         proc.stdin.close()
         try:
             proc.wait(timeout=2)
@@ -144,6 +152,7 @@ def serve(address: str) -> None:
     listener.bind(address)
     listener.listen(128)
     _prepare()
+    open(os.path.join(os.path.dirname(address), READY), "w").close()
     children: set[int] = set()
     while True:
         readable, _, _ = select.select([listener, sys.stdin.fileno()], [], [], 1.0)

@@ -145,6 +145,29 @@ def test_the_server_ends_with_its_starter_and_kills_its_children(tmp_path):
     assert not Path(address).parent.exists()  # the server removed its folder
 
 
+def test_stop_kills_a_server_still_importing_and_lets_a_ready_one_end():
+    """A server stopped while it imports is killed (it has forked nothing); one that has
+    imported (its ``ready`` file) ends on its own when its stdin closes. Either way its
+    folder is removed."""
+    script = (
+        "import os, time\n"
+        "from lossearch import fork_server\n"
+        "for wait in (False, True):\n"
+        "    fork_server.start(threads=2)\n"
+        "    proc, folder = fork_server._SERVER['proc'], fork_server._SERVER['folder']\n"
+        "    deadline = time.monotonic() + 60\n"
+        "    while wait and not os.path.exists(os.path.join(folder, fork_server.READY)):\n"
+        "        assert time.monotonic() < deadline, 'never ready'\n"
+        "        time.sleep(0.05)\n"
+        "    fork_server.stop()\n"
+        "    print(proc.returncode, os.path.exists(folder))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.splitlines() == ["-9 False", "0 False"]
+
+
 def test_a_server_that_cannot_start_is_named_and_trials_train_in_their_own_process(
     monkeypatch, capsys
 ):
