@@ -74,6 +74,8 @@ class SearchMeta(BaseModel):
     warm_start: list[str] = Field(default_factory=list)
     # what is kept of the trials' checkpoints when the search ends (lossearch.search.retention)
     keep: Literal["best", "all", "none"] = "all"
+    # the trackers each trial logs to (--log-to; lossearch.tracking)
+    log_to: list[str] = Field(default_factory=list)
 
 
 def default_mode(metric: str) -> str:

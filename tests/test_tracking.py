@@ -150,6 +150,31 @@ def test_search_mlflow_has_a_run_per_trial_with_params_and_history(tracked_searc
             client.get_metric_history(run.info.run_id, "loss")
 
 
+@pytest.mark.slow
+def test_a_resume_that_starts_over_logs_to_the_searchs_trackers(tracked_search, tmp_path):
+    """A driver killed before Tune saved any state leaves only ``lossearch_search.yaml``;
+    ``lossearch resume`` then starts the search over, with the trackers it was asked for
+    (stored there as ``log_to``; the start-over once dropped them)."""
+    import shutil
+
+    import yaml
+
+    exp, _ = tracked_search
+    meta = yaml.safe_load((exp / "lossearch_search.yaml").read_text())
+    assert meta["log_to"] == ["tensorboard", "mlflow"]
+    again = tmp_path / "exps" / "again"
+    again.mkdir(parents=True)
+    shutil.copy(exp / "lossearch_search.yaml", again)
+    done = run_cli(["resume", str(again)], cwd=tmp_path, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    logdirs = sorted((again / "tracking" / "tensorboard").iterdir())
+    assert len(logdirs) == 2
+    for logdir in logdirs:
+        assert [step for step, _ in _scalars(logdir, "ray/tune/exact_match")] == [1]
+    _, runs = _mlflow_runs(again)
+    assert sorted(r.data.params["loss.family"] for r in runs) == ["ce", "focal"]
+
+
 # --------------------------------------------------------------------------- lossearch train
 
 

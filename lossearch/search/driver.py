@@ -249,6 +249,7 @@ def run_search(
         "optuna_storage": optuna_storage,
         "warm_start": warm_paths,
         "keep": keep,
+        "log_to": list(log_to),
     }
     _scheduler(scheduler, meta)  # validate before anything is written
     from lossearch.preflight import check_local_gpu, preflight, warn
@@ -455,8 +456,13 @@ def resume(
         check_ray_address(address)
         sp = load_space(meta["space"], meta["overrides"])
         storage, name = _split_exp_path(exp_path)
+        from lossearch.tracking import check_destination, parse_log_to
+
+        # the search's --log-to, checked again (a tracker's package may be gone since)
+        log_to = parse_log_to(",".join(meta["log_to"])) if meta["log_to"] else ()
+        check_destination(log_to, exp_path)
         _fit(exp_path, address,
-             lambda: _build_tuner(sp, meta, storage, name, exp_path, verbose),
+             lambda: _build_tuner(sp, meta, storage, name, exp_path, verbose, log_to),
              processes=trial_processes(meta["base_config"], meta["max_concurrent"]))
         _apply_keep(exp_path, meta["keep"], announce)
         return exp_path
