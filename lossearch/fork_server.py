@@ -69,9 +69,6 @@ PRELOAD = (
 """What the server imports before its first fork: everything a training imports (a child
 that imports it again pays it again, every trial)."""
 
-SOCKET = "socket"
-"""The server's socket, in its folder."""
-
 READY = "ready"
 """A file the server creates in its folder once it has imported :data:`PRELOAD`."""
 
@@ -100,7 +97,7 @@ def start(threads: int = 1) -> dict[str, str]:
     line on stderr, and ``{}`` returned: the trials then train in their own processes."""
     stop()
     folder = tempfile.mkdtemp(prefix="lossearch-fork-")  # mode 0700: this user only
-    address = os.path.join(folder, SOCKET)
+    address = os.path.join(folder, "socket")
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS") or str(threads)}
     proc = subprocess.Popen(
         [sys.executable, "-m", "lossearch.fork_server", address],

@@ -298,6 +298,7 @@ def tune_trials_in_job_env(job_env: Mapping[str, str] | None) -> Iterator[None]:
 
 
 MLFLOW_INTEGRATION = "ray.air.integrations.mlflow"
+"""Ray's MLflow integration module: importing it imports ``mlflow``."""
 
 
 @contextmanager
