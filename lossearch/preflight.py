@@ -66,9 +66,10 @@ def preflight(cfg: TrainConfig, *, test: bool = False, search: bool = False) -> 
     exists and its tokenizer loads; at least one training example fits in
     ``task.max_length``; one epoch has at least one optimizer step; no data file is given
     to the ``arith`` task; for a ``search``, no ``optim.max_steps`` ends the trainings before
-    ``optim.epochs`` (ASHA and the study count a trial finished at ``optim.epochs``: such
-    trials read as pruned). Returns what the training will not do as written
-    (:func:`_notices`), for :func:`warn` once the caller's other checks have passed.
+    their last epoch (ASHA and the study count a trial finished at ``optim.epochs``: such
+    trials read as pruned; one that ends inside the last epoch still evaluates it). Returns
+    what the training will not do as written (:func:`_notices`), for :func:`warn` once the
+    caller's other checks have passed.
     """
     from lossearch.losses import normalize_spec
     from lossearch.tasks import load_task, tokenize
@@ -82,8 +83,8 @@ def preflight(cfg: TrainConfig, *, test: bool = False, search: bool = False) -> 
     o = cfg.optim
     steps_per_epoch, total_steps, _ = plan_steps(len(features), cfg, cfg.scaling.num_workers)
     full = steps_per_epoch * o.epochs  # without optim.max_steps
-    if search and o.max_steps is not None and o.max_steps < full:
-        runs = -(-o.max_steps // steps_per_epoch)  # ceil: the epoch max_steps ends in
+    runs = -(-total_steps // steps_per_epoch)  # ceil: the epoch the training ends in
+    if search and runs < o.epochs:  # ending inside the last epoch still reports it
         raise LossearchError(
             f"optim.max_steps {o.max_steps} ends each training in epoch {runs} of "
             f"optim.epochs {o.epochs} ({steps_per_epoch} steps an epoch): a search counts a "

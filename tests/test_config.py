@@ -238,6 +238,14 @@ def test_preflight_names_what_the_training_will_not_do_as_written(tmp_path):
         warnings.simplefilter("always")
         warn(notices)
     assert [w.category for w in seen] == [IgnoredKeyWarning] * 5
+    # a search refuses a max_steps that ends the trainings before their last epoch, not one
+    # that ends inside it (the last epoch is still evaluated and reported)
+    last = [*base, "optim.warmup_steps=2", "optim.max_steps=13"]
+    assert preflight(load_config(overrides=last), search=True) == []
+    with pytest.raises(LossearchError, match=r"^optim.max_steps 9 ends each training in epoch "
+                                             r"1 of optim.epochs 2 \(9 steps an epoch\)"):
+        preflight(load_config(overrides=[*base, "optim.warmup_steps=2", "optim.max_steps=9"]),
+                  search=True)
     capped = load_config(overrides=["task.arith_train_size=320", "task.train_size=1000",
                                     "task.val_size=20", "optim.warmup_steps=0"])
     assert preflight(capped) == ["task.train_size 1000 is more than task.arith_train_size 320, "
